@@ -1,0 +1,19 @@
+"""rawks_triton: fast, differentiable random-walk label propagation.
+
+    P = rawks_triton.RandomWalkPropagation(num_labels=3)(boundary, seeds)
+
+See docs/ for the mathematics, the API with shapes and the numerical limits.
+"""
+
+from .cg import ConvergenceError, ConvergenceWarning
+from .propagation import PropagationResult, RandomWalkPropagation, propagate, reach_threshold
+
+__all__ = [
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "PropagationResult",
+    "RandomWalkPropagation",
+    "propagate",
+    "reach_threshold",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,61 @@
+"""The ``"scipy"`` backend: sparse LU per image in float64, reused for the adjoint solve."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse.linalg as spla
+import torch
+
+from ..cg import SolverOptions, finish_stats, tolerances
+from ..reference import assemble_matrix, solvable_pixels
+from ..systems import LabelSystems, Stencil, coefficient_gradients
+
+
+class DirectBackend:
+    name = "scipy"
+
+    def __init__(self, stencil: Stencil, systems: LabelSystems, options: SolverOptions, rhs: torch.Tensor):
+        self.systems = systems
+        self.options = options
+        self.shape = stencil.shape
+        d = stencil.diag.detach().double().cpu().numpy()
+        r = stencil.right.detach().double().cpu().numpy()
+        dn = stencil.down.detach().double().cpu().numpy()
+        free = systems.free.cpu().numpy()
+        seed_adjacent = systems.per_image_sum(rhs.detach().abs()).cpu().numpy() > 0
+        image_index = systems.image_index.cpu().numpy()
+        self.factors = {}
+        for n in np.unique(image_index):
+            A = assemble_matrix(d[n], r[n], dn[n])
+            keep = np.flatnonzero(solvable_pixels(r[n], dn[n], free[n], seed_adjacent[n]))
+            sub = A[keep][:, keep].tocsc()
+            try:
+                lu = (
+                    spla.splu(sub, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+                    if keep.size
+                    else None
+                )
+            except RuntimeError as err:  # exactly singular: only reachable with degenerate weights
+                raise RuntimeError(f"scipy backend: the system of image {n} is singular ({err})") from err
+            self.factors[int(n)] = (A, keep, lu)
+
+    def solve(self, rhs: torch.Tensor):
+        b = rhs.detach().double().cpu().numpy().reshape(rhs.shape[0], -1)
+        x = np.zeros_like(b)
+        image_index = self.systems.image_index.cpu().numpy()
+        rr = np.zeros(b.shape[0])
+        for n, (A, keep, lu) in self.factors.items():
+            rows = np.flatnonzero(image_index == n)
+            if lu is not None:
+                x[np.ix_(rows, keep)] = lu.solve(np.ascontiguousarray(b[np.ix_(rows, keep)].T)).T
+            residual = b[rows] - (A @ x[rows].T).T
+            rr[rows] = np.sum(residual * residual, axis=1)
+        if not np.all(np.isfinite(x)):
+            raise RuntimeError("scipy backend: the direct solve produced non-finite values (degenerate weights)")
+        b_norm, tol = tolerances(torch.from_numpy(b), self.options)
+        iterations = torch.zeros(b.shape[0], dtype=torch.int64)  # a direct solve has none
+        stats = finish_stats(iterations, torch.from_numpy(rr), b_norm, tol).to(rhs.device)
+        return torch.from_numpy(x).to(device=rhs.device, dtype=rhs.dtype).view(rhs.shape), stats
+
+    def coefficient_gradients(self, adjoint, x, Z, edges: bool):
+        return coefficient_gradients(adjoint, x, Z, self.systems, edges)

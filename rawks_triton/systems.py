@@ -1,0 +1,162 @@
+"""Seeds -> the compacted set of linear systems, their right-hand sides and operator.
+
+For image n and label l the unknowns are the unseeded ("free") pixels U:
+
+    A z_l = b_l,   A = diag(d) - W restricted to U,
+    b_l[i] = sum of W_ij over 4-neighbours j that are seeds labelled l.
+
+Only labels that occur among an image's seeds are solved ("label compaction"); the
+solved (image, label) pairs are the *systems*, and every solver vector has the layout
+(S, H, W) with S the number of systems, sorted by image then label.
+
+Solvers work on the whole grid: seed rows are replaced by identity rows and edges that
+touch a seed are cut (:class:`Stencil`), so vectors stay exactly zero on seeds and no
+seed mask is needed inside a matrix-vector product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class LabelSystems:
+    """The (image, label) pairs that are solved, and the seed layout they come from."""
+
+    seeds: torch.Tensor  # [N, H, W] int64, label or ignore_index
+    free: torch.Tensor  # [N, H, W] bool, unseeded pixels
+    image_index: torch.Tensor  # [S] int64
+    label_index: torch.Tensor  # [S] int64
+    present: torch.Tensor  # [N, L] bool, labels that occur among the image's seeds
+    num_labels: int
+
+    @property
+    def num_systems(self) -> int:
+        return int(self.image_index.numel())
+
+    def seed_indicator(self, dtype: torch.dtype) -> torch.Tensor:
+        """[S, H, W] 1 where the pixel is a seed of the system's label, else 0."""
+        labels = self.label_index.view(-1, 1, 1)
+        return (self.seeds.index_select(0, self.image_index) == labels).to(dtype)
+
+    def free_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """[S, H, W] 1 on the free pixels of each system's image."""
+        return self.free.index_select(0, self.image_index).to(dtype)
+
+    def per_image_sum(self, per_system: torch.Tensor) -> torch.Tensor:
+        """Sum an [S, ...] tensor over the systems of each image -> [N, ...]."""
+        out = per_system.new_zeros((self.seeds.shape[0],) + tuple(per_system.shape[1:]))
+        return out.index_add_(0, self.image_index, per_system)
+
+
+def compact_labels(seeds: torch.Tensor, num_labels: int, ignore_index: int) -> LabelSystems:
+    """Find the labels present in each image. ``seeds`` must already be checked."""
+    n_images = seeds.shape[0]
+    seeded = seeds != ignore_index
+    image_of_pixel = torch.arange(n_images, device=seeds.device).view(-1, 1, 1).expand_as(seeds)
+    flat = (image_of_pixel * num_labels + seeds)[seeded]
+    present = torch.zeros(n_images * num_labels, dtype=torch.bool, device=seeds.device)
+    present[flat] = True
+    pairs = present.nonzero().squeeze(1)
+    return LabelSystems(
+        seeds=seeds,
+        free=~seeded,
+        image_index=torch.div(pairs, num_labels, rounding_mode="floor"),
+        label_index=pairs % num_labels,
+        present=present.view(n_images, num_labels),
+        num_labels=num_labels,
+    )
+
+
+def neighbour_sum(right: torch.Tensor, down: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """sum_j W_ij v_j over the 4 neighbours j of every pixel i.
+
+    ``right``/``down`` are [..., H, W] edge weights (0 past the last column/row) that
+    broadcast against ``v`` [..., H, W].
+    """
+    out = v.new_zeros(torch.broadcast_shapes(v.shape, right.shape))
+    out[..., :, :-1] += right[..., :, :-1] * v[..., :, 1:]
+    out[..., :, 1:] += right[..., :, :-1] * v[..., :, :-1]
+    out[..., :-1, :] += down[..., :-1, :] * v[..., 1:, :]
+    out[..., 1:, :] += down[..., :-1, :] * v[..., :-1, :]
+    return out
+
+
+def right_hand_sides(right: torch.Tensor, down: torch.Tensor, systems: LabelSystems) -> torch.Tensor:
+    """b [S, H, W]: for free pixels, the weight of their edges to seeds of the label."""
+    dtype = right.dtype
+    idx = systems.image_index
+    b = neighbour_sum(right.index_select(0, idx), down.index_select(0, idx), systems.seed_indicator(dtype))
+    return b * systems.free_mask(dtype)
+
+
+@dataclass(frozen=True)
+class Stencil:
+    """The operator of every image's systems on the full grid (shared by its labels).
+
+    ``diag`` is d on free pixels and 1 on seeds; ``right``/``down`` are the edge weights
+    with every edge that touches a seed cut; ``inv_diag`` is the Jacobi preconditioner,
+    1/d on free pixels with d > 0 and 0 elsewhere (on seeds, and on free pixels without
+    any edge, where the solution is defined as 0).
+    """
+
+    diag: torch.Tensor  # [N, H, W]
+    right: torch.Tensor  # [N, H, W]
+    down: torch.Tensor  # [N, H, W]
+    inv_diag: torch.Tensor  # [N, H, W]
+    unit_edges: bool = False  # every edge between free pixels has weight 1 (the "rawks" model)
+
+    @property
+    def shape(self):
+        return tuple(self.diag.shape)
+
+
+def build_stencil(diag, right, down, free: torch.Tensor, unit_edges: bool = False) -> Stencil:
+    free_f = free.to(diag.dtype)
+    right_free = F.pad(free_f[:, :, 1:], (0, 1))
+    down_free = F.pad(free_f[:, 1:, :], (0, 0, 0, 1))
+    op_diag = torch.where(free, diag, torch.ones_like(diag))
+    positive = free & (diag > 0)
+    inv_diag = torch.where(positive, 1.0 / torch.where(positive, diag, torch.ones_like(diag)), torch.zeros_like(diag))
+    return Stencil(
+        diag=op_diag.contiguous(),
+        right=(right * free_f * right_free).contiguous(),
+        down=(down * free_f * down_free).contiguous(),
+        inv_diag=inv_diag.contiguous(),
+        unit_edges=unit_edges,
+    )
+
+
+def stencil_matvec(stencil: Stencil, image_index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """y = A x for [S, H, W] vectors, A of each system taken from its image. Plain torch."""
+    d = stencil.diag.index_select(0, image_index)
+    r = stencil.right.index_select(0, image_index)
+    dn = stencil.down.index_select(0, image_index)
+    return d * x - neighbour_sum(r, dn, x)
+
+
+def coefficient_gradients(adjoint: torch.Tensor, x: torch.Tensor, Z: torch.Tensor, systems: LabelSystems, edges: bool):
+    """Gradients of the loss with respect to the raw coefficients (d, right, down).
+
+    With A lambda = dLoss/dz (lambda = 0 on seeds), differentiating A z = b gives
+
+        dLoss/dd_i    = -sum_l lambda_l[i] z_l[i]
+        dLoss/dW_ij   =  sum_l lambda_l[i] Z_l[j] + lambda_l[j] Z_l[i]
+
+    where Z carries the seed values (1 for the label's seeds, 0 for others), so that the
+    edges into seeds, which enter through b, are covered by the same formula. (With
+    d = sum_j W_ij as in the Grady model, the chain through d adds -lambda_i Z_i -
+    lambda_j Z_j and gives the Laplacian form -(lambda_i - lambda_j)(Z_i - Z_j).)
+    Returns per-image [N, H, W] tensors; the edge terms are None unless ``edges``.
+    """
+    grad_diag = systems.per_image_sum(-(adjoint * x))
+    if not edges:
+        return grad_diag, None, None
+    g_right = torch.zeros_like(Z)
+    g_right[:, :, :-1] = adjoint[:, :, :-1] * Z[:, :, 1:] + adjoint[:, :, 1:] * Z[:, :, :-1]
+    g_down = torch.zeros_like(Z)
+    g_down[:, :-1, :] = adjoint[:, :-1, :] * Z[:, 1:, :] + adjoint[:, 1:, :] * Z[:, :-1, :]
+    return grad_diag, systems.per_image_sum(g_right), systems.per_image_sum(g_down)

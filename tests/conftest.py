@@ -1,0 +1,83 @@
+"""Shared helpers: problem generators and a comparison that says where values differ."""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from hypothesis import settings
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# CI draws the same examples every run; HYPOTHESIS_PROFILE=explore searches new ones.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, max_examples=500, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Tolerances tied to dtype: P and Z against the float64 direct solution.
+TOL = {torch.float64: 1e-5, torch.float32: 1e-3}
+# CG tolerance used when comparing against the exact reference.
+SOLVE_RTOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, rtol: float = 0.0, name: str = "value", mask=None):
+    """Assert |actual - expected| <= atol + rtol |expected| (where ``mask``), reporting the worst entry."""
+    actual = actual.detach().double().cpu()
+    expected = expected.detach().double().cpu()
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{name}: non-finite values at {(~torch.isfinite(actual)).nonzero()[:5].tolist()}"
+    err = (actual - expected).abs() - (atol + rtol * expected.abs())
+    if mask is not None:
+        err = torch.where(mask.cpu(), err, torch.full_like(err, -1.0))
+    worst = int(err.argmax())
+    if float(err.view(-1)[worst]) > 0:
+        where = np.unravel_index(worst, tuple(actual.shape))
+        bad = int((err > 0).sum())
+        raise AssertionError(
+            f"{name}: {bad} of {err.numel()} entries differ beyond atol={atol:g}, rtol={rtol:g}; worst at "
+            f"{tuple(int(i) for i in where)}: got {float(actual.view(-1)[worst]):.10g}, expected "
+            f"{float(expected.view(-1)[worst]):.10g} (|diff| {float((actual - expected).abs().view(-1)[worst]):.3g})"
+        )
+
+
+def random_seeds(rng: np.random.Generator, n: int, h: int, w: int, num_labels: int, density: float) -> torch.Tensor:
+    labels = rng.integers(0, num_labels, size=(n, h, w))
+    seeds = np.where(rng.random((n, h, w)) < density, labels, -1)
+    return torch.from_numpy(seeds)
+
+
+def random_scores(rng, n, h, w, offset=0.0, spread=2.0, dtype=torch.float64) -> torch.Tensor:
+    return torch.from_numpy(offset + spread * rng.random((n, h, w))).to(dtype)
+
+
+def compare_with_reference(result, reference, dtype, name=""):
+    """P and Z of ``result`` against the scipy reference, with the metric of docs/numerics.md.
+
+    Z: normwise, |Z - Z_ref| <= tol * max |Z_ref| per image. P: |P - P_ref| <= tol where the
+    reference's total weight sum_l Z_l >= 0.01 (elsewhere P's accuracy is about
+    rtol / sum_l Z_l, see the numerical limits) and on every seed.
+    """
+    tol = TOL[dtype]
+    scale = reference.Z.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-300)
+    assert_close(result.Z / scale, reference.Z / scale, atol=tol, name=f"{name} Z / max Z")
+    well_determined = (reference.Z.sum(1) >= 0.01).unsqueeze(1).expand_as(reference.P)
+    assert_close(result.P, reference.P, atol=tol, name=f"{name} P", mask=well_determined)
+    assert torch.equal(result.image_index, reference.image_index)
+    assert torch.equal(result.label_index, reference.label_index)
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
+
+
+@pytest.fixture
+def no_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
