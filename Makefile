@@ -17,5 +17,7 @@ install-test:
 test: install-test
 	$(PYTHON) -m pytest
 
-demo: install
-	$(PYTHON) -m rawks_triton.demo
+demo:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
+	$(PYTHON) -m pip install -e ".[train]"
+	rawks demo

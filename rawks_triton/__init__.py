@@ -6,7 +6,9 @@ See docs/ for the mathematics, the API with shapes and the numerical limits.
 """
 
 from .cg import ConvergenceError, ConvergenceWarning
+from .loss import rawks_loss
 from .propagation import PropagationResult, RandomWalkPropagation, propagate, reach_threshold
+from .random_walker import random_walker
 
 __all__ = [
     "ConvergenceError",
@@ -14,6 +16,8 @@ __all__ = [
     "PropagationResult",
     "RandomWalkPropagation",
     "propagate",
+    "random_walker",
+    "rawks_loss",
     "reach_threshold",
 ]
 __version__ = "0.1.0"

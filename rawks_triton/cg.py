@@ -21,6 +21,9 @@ from dataclasses import dataclass
 import torch
 
 MAX_REFRESHES = 4
+# TorchPCG: per-system BLAS dots for few, large systems on the CPU (see TorchPCG._dot).
+DOT_LOOP_MAX_SYSTEMS = 32
+DOT_LOOP_MIN_SIZE = 16384
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -111,59 +114,136 @@ def run_pcg(iteration, maxiter: int, check_every: int) -> int:
 class TorchPCG:
     """One preconditioned CG iteration over all systems in plain torch ops (CPU or CUDA).
 
-    ``matvec`` and ``precondition`` map [S, H, W] -> [S, H, W]; the preconditioner must be
-    symmetric positive definite on the free pixels and return 0 on seeds (Jacobi:
-    ``inv_diag * r``). Reductions use torch's pairwise sums.
+    ``operator`` works on [S, ...] vectors (one system per row, in the layout it chooses)
+    and provides ``matvec(x, out)`` and ``precondition(r, out)``, writing into ``out``; the
+    preconditioner must be symmetric positive definite on the free pixels and give 0 on
+    seeds (Jacobi: ``inv_diag * r``). Buffers are allocated once per working set, so an
+    iteration is the operator, two inner products, a norm, four fused multiply-adds and a
+    few [S] scalar ops. Reductions accumulate in the vectors' dtype (float32 or wider).
+
+    A system that has converged keeps alpha = 0 (its ``rz`` is set to 0), so it stops
+    changing; ``iterations`` counts the iterations during which it was active. When the
+    operator has ``restrict(rows)`` (the operator of a subset of the systems), converged
+    systems are dropped from the working set at the host checks once they are a quarter of
+    it ("active-system compaction"); ``refresh`` brings every system back.
     """
 
-    def __init__(self, matvec, precondition, rhs: torch.Tensor, tol: torch.Tensor):
-        self.matvec = matvec
-        self.precondition = precondition
-        self.b = rhs
-        self.tol2 = tol * tol
-        self.x = torch.zeros_like(rhs)
-        self.iterations = torch.zeros(rhs.shape[0], dtype=torch.int64, device=rhs.device)
-        self._restart(rhs.clone())
+    def __init__(self, operator, rhs: torch.Tensor, tol: torch.Tensor):
+        self._full_operator = operator
+        self._full_b = rhs
+        self._full_tol = tol.to(rhs.dtype)
+        self._full_x = torch.zeros_like(rhs)
+        self._full_iterations = torch.zeros(rhs.shape[0], dtype=torch.int64, device=rhs.device)
+        self._batch_shape = (-1,) + (1,) * (rhs.dim() - 1)
+        self._rows = None  # indices of the working systems; None: all of them
+        self._work_on_all()
+        self.r.copy_(rhs)
+        self._restart()
+        self._true_rr = self._norm(self.r).square()
+
+    def _work_on_all(self):
+        self.op, self.b, self.tol = self._full_operator, self._full_b, self._full_tol
+        self.x, self.iterations_working = self._full_x, self._full_iterations
+        self._rows = None
+        self._allocate()
+
+    def _allocate(self):
+        self.r = torch.empty_like(self.x)
+        self.z = torch.empty_like(self.x)
+        self.p = torch.empty_like(self.x)
+        self.ap = torch.zeros_like(self.x)  # operators may leave positions outside the image unwritten
+        self._product = torch.empty_like(self.x)
+
+    def _store(self):
+        """Write the working systems' solutions and counts into the full arrays."""
+        if self._rows is not None:
+            self._full_x.index_copy_(0, self._rows, self.x)
+            self._full_iterations.index_copy_(0, self._rows, self.iterations_working)
+
+    def _compact(self, keep: torch.Tensor):
+        """Continue with the working systems ``keep`` only (indices into the working set)."""
+        self._store()
+        rows = keep if self._rows is None else self._rows.index_select(0, keep)
+        self.op = self._full_operator.restrict(rows)
+        self.b = self._full_b.index_select(0, rows)
+        self.tol = self._full_tol.index_select(0, rows)
+        self.iterations_working = self._full_iterations.index_select(0, rows)
+        self.rz, self.active = self.rz.index_select(0, keep), self.active.index_select(0, keep)
+        x, r, z, p = (t.index_select(0, keep) for t in (self.x, self.r, self.z, self.p))
+        self.x = x
+        self._allocate()
+        self.r.copy_(r)
+        self.z.copy_(z)
+        self.p.copy_(p)
+        self._rows = rows
+
+    def _dot(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """[S] inner products of the rows of two [S, ...] contiguous tensors."""
+        if not u.is_cuda and u.shape[0] <= DOT_LOOP_MAX_SYSTEMS and u[0].numel() >= DOT_LOOP_MIN_SIZE:
+            # One BLAS dot per system reads both rows once, without the product pass.
+            return torch.stack([torch.dot(a, b) for a, b in zip(u.flatten(1), v.flatten(1))])
+        return torch.mul(u, v, out=self._product).flatten(1).sum(dim=1)
 
     @staticmethod
-    def _dot(u, v):
-        return (u * v).sum(dim=(1, 2))
+    def _norm(u: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(u.flatten(1), dim=1)
 
-    def _restart(self, r):
-        self.r = r
-        self.rr = self._dot(r, r)
-        z = self.precondition(r)
-        self.p = z
-        self.rz = self._dot(r, z)
-        self.active = self.rr > self.tol2
+    def _restart(self):
+        """Directions from the current residual ``r``; systems above tolerance become active."""
+        self.active = self._norm(self.r) > self.tol
+        self.op.precondition(self.r, out=self.z)
+        self.p.copy_(self.z)
+        self.rz = self._dot(self.r, self.z) * self.active
 
     def step(self):
-        ap = self.matvec(self.p)
-        p_ap = self._dot(self.p, ap)
-        ok = self.active & (p_ap > 0)
-        alpha = torch.where(ok, self.rz / torch.where(ok, p_ap, torch.ones_like(p_ap)), torch.zeros_like(p_ap))
-        alpha = alpha.view(-1, 1, 1)
-        self.x.addcmul_(alpha, self.p)
-        self.r.addcmul_(alpha, ap, value=-1.0)
-        z = self.precondition(self.r)
-        rz_new = self._dot(self.r, z)
-        self.rr = self._dot(self.r, self.r)
-        has_rz = self.rz > 0
-        beta = torch.where(has_rz, rz_new / torch.where(has_rz, self.rz, torch.ones_like(rz_new)), torch.zeros_like(rz_new))
-        self.p = torch.addcmul(z, beta.view(-1, 1, 1), self.p)
-        self.rz = rz_new
-        self.iterations += self.active
-        self.active = self.active & (self.rr > self.tol2)
+        p, r = self.p, self.r
+        ap = self.op.matvec(p, out=self.ap)
+        # rz = 0 for inactive systems gives alpha = 0; p'Ap <= 0 (breakdown) gives 0/0 or x/0 -> 0.
+        alpha = torch.nan_to_num_(self.rz / self._dot(p, ap), nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0.0)
+        alpha = alpha.view(self._batch_shape)
+        self.x.addcmul_(alpha, p)
+        r.addcmul_(alpha, ap, value=-1.0)
+        z = self.op.precondition(r, out=self.z)
+        rz_new = self._dot(r, z)
+        beta = torch.nan_to_num_(rz_new / self.rz, nan=0.0, posinf=0.0, neginf=0.0)
+        torch.addcmul(z, beta.view(self._batch_shape), p, out=p)
+        self.iterations_working += self.active
+        self.active &= self._norm(r) > self.tol
+        self.rz = rz_new * self.active
 
     def any_active(self) -> bool:
-        return bool(self.active.any())
+        working = self.active.numel()
+        count = int(self.active.sum())
+        if 0 < count and working - count >= max(1, working // 4) and hasattr(self._full_operator, "restrict"):
+            self._compact(self.active.nonzero().squeeze(1))
+        return count > 0
 
     def refresh(self):
-        self._restart(self.b - self.matvec(self.x))
+        """True residual b - A x of every system, restarted directions, reactivation."""
+        self._store()
+        if self._rows is not None:
+            self._work_on_all()
+        self.op.matvec(self.x, out=self.ap)
+        torch.sub(self.b, self.ap, out=self.r)
+        self._restart()
+        self._true_rr = self._norm(self.r).square()
 
     @property
-    def true_rr(self):
-        return self.rr
+    def solution(self) -> torch.Tensor:
+        """[S, ...] the iterates of every system."""
+        self._store()
+        return self._full_x
+
+    @property
+    def iterations(self) -> torch.Tensor:
+        """[S] int64, iterations during which each system was active."""
+        self._store()
+        return self._full_iterations
+
+    @property
+    def true_rr(self) -> torch.Tensor:
+        """[S] squared norm of the true residual b - A x at the last refresh."""
+        return self._true_rr
 
 
 def report(stats: SolveStats, options: SolverOptions, what: str, image_index, label_index) -> None:

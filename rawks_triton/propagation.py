@@ -21,7 +21,7 @@ from .coefficients import grady_edge_coefficients, grady_node_coefficients, rawk
 from .systems import compact_labels
 
 MODELS = ("rawks", "grady")
-PRECONDITIONERS = ("jacobi",)
+PRECONDITIONERS = ("jacobi", "multigrid")
 
 
 def reach_threshold(dtype: torch.dtype, min_weight: float = 0.0) -> float:

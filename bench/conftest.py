@@ -1,0 +1,123 @@
+"""Configuration of the pytest-benchmark suite: which grid, devices, backends and dtype.
+
+Environment variables (all optional):
+
+* ``RAWKS_BENCH_GRID``: ``default`` (the whole grid, minus the cases above the work cap of
+  the device), ``full`` (every case, however long), or ``smoke`` (one tiny case per
+  benchmark: what ``tests/test_bench_smoke.py`` runs with ``--benchmark-disable``).
+* ``RAWKS_BENCH_MAX_WORK``: the cap of the default grid in system-pixels (H x W x images x
+  labels present). Default: 2**20 on the CPU (512 x 512 with 3 labels fits), none on CUDA.
+* ``RAWKS_BENCH_DEVICES``: comma-separated devices for the torch backend (default: cuda
+  when available, else cpu). Triton always runs on cuda, scipy on the host.
+* ``RAWKS_BENCH_DTYPE``: ``float32`` (default) or ``float64``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from bench.problems import ASPECTS, BATCHES, LABEL_CASES, SIZES, shape_of
+
+DEFAULT_CPU_WORK = 2**20
+RTOL = 1e-4  # the tolerance of the issue's targets
+
+
+def grid_name() -> str:
+    name = os.environ.get("RAWKS_BENCH_GRID", "default")
+    if name not in ("default", "full", "smoke"):
+        raise ValueError(f"RAWKS_BENCH_GRID must be 'default', 'full' or 'smoke', got {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class Case:
+    size: int
+    aspect: str
+    labels: str  # a key of LABEL_CASES
+    batch: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return shape_of(self.size, self.aspect)
+
+    @property
+    def work(self) -> int:
+        """System-pixels: the pixels of every solved (image, label) system."""
+        height, width = self.shape
+        return height * width * self.batch * LABEL_CASES[self.labels][1]
+
+    def __str__(self) -> str:
+        height, width = self.shape
+        return f"{height}x{width}-L{self.labels}-B{self.batch}"
+
+
+def cases() -> list[Case]:
+    if grid_name() == "smoke":
+        return [Case(16, "square", "21c", 2)]
+    return [
+        Case(size, aspect, labels, batch)
+        for size in SIZES
+        for aspect in ASPECTS
+        for labels in LABEL_CASES
+        for batch in BATCHES
+    ]
+
+
+@dataclass(frozen=True)
+class Target:
+    backend: str
+    device: str
+    preconditioner: str | None  # None for the direct solver
+
+    def __str__(self) -> str:
+        return "-".join(p for p in (self.backend, self.device, self.preconditioner) if p)
+
+
+def targets() -> list[Target]:
+    """Every backend this machine has, with every preconditioner the library has."""
+    from rawks_triton.backends import triton_available
+    from rawks_triton.propagation import PRECONDITIONERS
+
+    cuda = torch.cuda.is_available()
+    devices = os.environ.get("RAWKS_BENCH_DEVICES", "cuda" if cuda else "cpu").split(",")
+    out = []
+    for device in devices:
+        out += [Target("torch", device, p) for p in PRECONDITIONERS]
+    if cuda and triton_available(torch.device("cuda")):  # on the CPU only the interpreter: not a speed path
+        out += [Target("triton", "cuda", p) for p in PRECONDITIONERS]
+    out.append(Target("scipy", "cpu", None))
+    return out
+
+
+def max_work(target: Target) -> float:
+    if grid_name() != "default":
+        return float("inf")
+    if "RAWKS_BENCH_MAX_WORK" in os.environ:
+        return float(os.environ["RAWKS_BENCH_MAX_WORK"])
+    return DEFAULT_CPU_WORK if target.device == "cpu" else float("inf")
+
+
+def bench_dtype() -> torch.dtype:
+    name = os.environ.get("RAWKS_BENCH_DTYPE", "float32")
+    if name not in ("float32", "float64"):
+        raise ValueError(f"RAWKS_BENCH_DTYPE must be 'float32' or 'float64', got {name!r}")
+    return getattr(torch, name)
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames:
+        grid = cases()
+        metafunc.parametrize("case", grid, ids=[str(c) for c in grid])
+    if "target" in metafunc.fixturenames:
+        found = targets()
+        metafunc.parametrize("target", found, ids=[str(t) for t in found])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads():
+    # The benchmarks use what the machine gives torch by default; recorded in extra_info.
+    yield torch.get_num_threads()

@@ -1,0 +1,188 @@
+"""The ``"triton"`` backend: launchers for the kernels in :mod:`rawks_triton.kernels`.
+
+Launchers own shapes, allocation, block sizes and grids; the kernels only compute. One
+CG iteration of every system is two launches (see :mod:`rawks_triton.kernels.cg`); the
+host looks at the device only every ``check_every`` iterations (:func:`rawks_triton.cg.run_pcg`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from ..cg import SolverOptions, finish_stats, run_pcg, tolerances
+from ..kernels import (
+    MAX_PARTIALS,
+    cg_direction_matvec_kernel,
+    cg_update_kernel,
+    coefficient_gradients_kernel,
+    stencil_residual_kernel,
+)
+from ..systems import LabelSystems, Stencil
+
+MAX_GRID_Y = 65535
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block: int  # pixels per loop step of a program
+    num_warps: int
+    pixels_per_program: int  # target chunk of a CG program: T = min(cdiv(HW, this), MAX_PARTIALS)
+
+
+# The configurations the launchers choose from; `python -m rawks_triton.aot` compiles all of them.
+LAUNCH_CONFIGS = {
+    torch.float32: LaunchConfig(block=1024, num_warps=4, pixels_per_program=4096),
+    torch.float64: LaunchConfig(block=512, num_warps=4, pixels_per_program=4096),
+}
+GRADIENT_BLOCK = 1024
+
+
+def num_partials(hw: int, config: LaunchConfig) -> int:
+    return max(1, min(triton.cdiv(hw, config.pixels_per_program), MAX_PARTIALS))
+
+
+class TritonOperator:
+    """The stencil of a batch bound to its systems, with launchers for the kernels."""
+
+    def __init__(self, stencil: Stencil, image_index: torch.Tensor):
+        n_images, height, width = stencil.shape
+        self.hw, self.width = height * width, width
+        if self.hw >= 2**31:
+            raise ValueError(f"images must have fewer than 2**31 pixels, got {height} x {width}")
+        self.stencil = stencil
+        self.image_index = image_index.contiguous()
+        self.num_systems = int(image_index.numel())
+        self.config = LAUNCH_CONFIGS[stencil.diag.dtype]
+        self.T = num_partials(self.hw, self.config)
+
+    def residual(self, b, x, out, rz_part=None, rr_part=None):
+        """out = b - A x (or A x when b is None); partial sums of out' M out and out' out when given."""
+        st, cfg = self.stencil, self.config
+        reduce = rz_part is not None
+        dummy = out
+        stencil_residual_kernel[(self.num_systems, self.T)](
+            b if b is not None else dummy, x, out,
+            st.diag, st.right, st.down, st.inv_diag,
+            self.image_index,
+            rz_part if reduce else dummy, rr_part if reduce else dummy,
+            self.hw, self.width, self.T,
+            HAS_B=b is not None, REDUCE=reduce, BLOCK=cfg.block, num_warps=cfg.num_warps,
+        )
+        return out
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        return self.residual(None, x, torch.empty_like(x))
+
+
+class TritonPCG:
+    """Device state of the batched Jacobi-PCG: vectors [S, H, W], partial sums [S, T], scalars [S]."""
+
+    def __init__(self, op: TritonOperator, rhs: torch.Tensor, tol: torch.Tensor):
+        S, T = op.num_systems, op.T
+        self.op = op
+        self.b = rhs.contiguous()
+        self.tol2 = (tol * tol).to(rhs.dtype).contiguous()
+        self.x = torch.zeros_like(self.b)
+        self.r = torch.empty_like(self.b)
+        self.p = [torch.zeros_like(self.b), torch.empty_like(self.b)]
+        self.ap = torch.empty_like(self.b)
+        new = dict(dtype=rhs.dtype, device=rhs.device)
+        self.rz_part = torch.zeros(S, T, **new)
+        self.rr_part = torch.zeros(S, T, **new)
+        self.pap_part = torch.zeros(S, T, **new)
+        self.rz_cur, self.rz_next = torch.ones(S, **new), torch.empty(S, **new)
+        ints = dict(dtype=torch.int32, device=rhs.device)
+        self.active_cur, self.active_next = torch.ones(S, **ints), torch.empty(S, **ints)
+        self.count = torch.zeros(S, **ints)
+        self.current = 0
+        self.refresh()
+
+    def refresh(self):
+        """r = b - A x, restart the directions, reactivate systems above tolerance."""
+        self.op.residual(self.b, self.x, self.r, self.rz_part, self.rr_part)
+        self.p[self.current].zero_()
+        self.rz_cur.fill_(1.0)
+        self.active_cur.fill_(1)
+
+    def step(self):
+        op, cfg = self.op, self.op.config
+        st = op.stencil
+        p_old, p_new = self.p[self.current], self.p[1 - self.current]
+        grid = (op.num_systems, op.T)
+        cg_direction_matvec_kernel[grid](
+            self.r, p_old, p_new, self.ap,
+            st.diag, st.right, st.down, st.inv_diag,
+            op.image_index, self.tol2,
+            self.rz_part, self.rr_part, self.pap_part,
+            self.rz_cur, self.rz_next, self.active_cur, self.active_next,
+            op.hw, op.width, op.T,
+            BLOCK=cfg.block, MAX_PARTIALS=MAX_PARTIALS, num_warps=cfg.num_warps,
+        )
+        cg_update_kernel[grid](
+            self.x, self.r, p_new, self.ap,
+            st.inv_diag,
+            op.image_index, self.count,
+            self.rz_part, self.rr_part, self.pap_part,
+            self.rz_cur, self.rz_next, self.active_cur, self.active_next,
+            op.hw, op.T,
+            BLOCK=cfg.block, MAX_PARTIALS=MAX_PARTIALS, num_warps=cfg.num_warps,
+        )
+        self.current = 1 - self.current
+
+    @property
+    def true_rr(self) -> torch.Tensor:
+        return self.rr_part.sum(dim=1)
+
+    def any_active(self) -> bool:
+        return bool(((self.active_cur != 0) & (self.true_rr > self.tol2)).any())
+
+    @property
+    def iterations(self) -> torch.Tensor:
+        return self.count.to(torch.int64)
+
+
+class TritonBackend:
+    name = "triton"
+
+    def __init__(self, stencil: Stencil, systems: LabelSystems, options: SolverOptions, rhs: torch.Tensor):
+        if options.preconditioner != "jacobi":
+            raise ValueError(
+                f"`preconditioner`={options.preconditioner!r} is not available with backend='triton' yet; use 'jacobi'"
+            )
+        n_images = stencil.shape[0]
+        if n_images > MAX_GRID_Y:
+            raise ValueError(f"backend='triton' takes at most {MAX_GRID_Y} images per call, got {n_images}")
+        self.op = TritonOperator(stencil, systems.image_index)
+        self.systems = systems
+        self.options = options
+        self.maxiter = options.maxiter_for(*stencil.shape[1:])
+        counts = torch.bincount(systems.image_index, minlength=n_images)
+        self.first_system = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op.matvec(x)
+
+    def solve(self, rhs: torch.Tensor):
+        b_norm, tol = tolerances(rhs, self.options)
+        pcg = TritonPCG(self.op, rhs, tol)
+        done = run_pcg(pcg, self.maxiter, self.options.check_every)
+        return pcg.x, finish_stats(pcg.iterations, pcg.true_rr, b_norm, tol, self.maxiter, done)
+
+    def coefficient_gradients(self, adjoint, x, Z, edges: bool):
+        n_images, hw = self.op.stencil.shape[0], self.op.hw
+        shape = self.op.stencil.shape
+        grad_diag = torch.empty(shape, dtype=x.dtype, device=x.device)
+        grad_right = torch.empty_like(grad_diag) if edges else grad_diag
+        grad_down = torch.empty_like(grad_diag) if edges else grad_diag
+        coefficient_gradients_kernel[(triton.cdiv(hw, GRADIENT_BLOCK), n_images)](
+            adjoint.contiguous(), x.contiguous(), Z.contiguous(),
+            self.first_system,
+            grad_diag, grad_right, grad_down,
+            hw, self.op.width,
+            EDGES=edges, BLOCK=GRADIENT_BLOCK, num_warps=4,
+        )
+        return grad_diag, (grad_right if edges else None), (grad_down if edges else None)

@@ -1,0 +1,420 @@
+"""``random_walker``: scikit-image's seeded segmentation, solved by this library.
+
+Same signature, label conventions, edge weights and warnings as
+``skimage.segmentation.random_walker``; the linear systems (one per seed label, Grady's
+model) are solved by :func:`rawks_triton.propagate` on any backend. Numpy arrays and
+torch tensors are accepted; tensors stay on their device.
+
+Edge weights, as scikit-image computes them: for neighbouring pixels i, j,
+
+    w_ij = exp(-beta / (10 std(data)) * sum_c ((x_ic - x_jc) / spacing)^2) + 1e-10,
+
+with the exponent divided by sqrt(C) for multichannel data (``channel_axis`` given), and
+``std`` taken over every pixel and channel of the data after conversion to floating point
+(integers scaled to [0, 1] or [-1, 1] as ``skimage.img_as_float`` does).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+
+from . import _checks
+from .cg import ConvergenceWarning
+from .propagation import PRECONDITIONERS, propagate
+
+MODES = ("cg", "cg_j", "cg_mg", "bf")
+EDGE_EPSILON = 1e-10  # added to every weight, as scikit-image does: no edge is ever cut by the image
+
+_TORCH_FLOAT = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.float32: torch.float32, torch.float64: torch.float64}
+_NUMPY_FLOAT = {np.dtype(np.float16): np.float32, np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
+
+
+def _data_as_float(data, device) -> torch.Tensor:
+    """The data in floating point with ``skimage.img_as_float``'s scaling, as a tensor.
+
+    bool -> {0, 1}; unsigned integers -> x / max; signed integers -> max(x / max, -1);
+    float16 -> float32; float32 and float64 unchanged. Integers give float64.
+    """
+    if isinstance(data, torch.Tensor):
+        dtype = data.dtype
+        if dtype in _TORCH_FLOAT:
+            return data.to(_TORCH_FLOAT[dtype])
+        if dtype == torch.bool:
+            return data.to(torch.float64)
+        if dtype.is_complex:
+            raise TypeError(f"`data` must be real-valued (bool, integer or float), got {dtype}")
+        info = torch.iinfo(dtype)
+        scaled = data.to(torch.float64) / info.max
+        return scaled.clamp(min=-1.0) if info.min < 0 else scaled
+    array = np.asarray(data)
+    kind = array.dtype.kind
+    if kind == "f" and array.dtype in _NUMPY_FLOAT:
+        array = array.astype(_NUMPY_FLOAT[array.dtype], copy=False)
+    elif kind == "b":
+        array = array.astype(np.float64)
+    elif kind in "ui":
+        info = np.iinfo(array.dtype)
+        array = array.astype(np.float64) / info.max
+        if info.min < 0:
+            array = np.maximum(array, -1.0)
+    else:
+        raise TypeError(f"`data` must be real-valued (bool, integer or float), got dtype {array.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def _labels_as_tensor(labels, device) -> torch.Tensor:
+    if isinstance(labels, torch.Tensor):
+        tensor = labels
+    else:
+        array = np.asarray(labels)
+        if array.dtype.kind not in "uib":
+            raise TypeError(f"`labels` must have an integer dtype, got {array.dtype}")
+        tensor = torch.from_numpy(array.astype(np.int64))
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex:
+        raise TypeError(f"`labels` must have an integer dtype, got {tensor.dtype}")
+    return tensor.to(device=device, dtype=torch.int64)
+
+
+def image_edge_weights(
+    image: torch.Tensor, beta: float, spacing=(1.0, 1.0), multichannel: bool = False
+) -> torch.Tensor:
+    """scikit-image's random-walker conductances as this library's edge layout.
+
+    Args:
+        image: [H, W] or [H, W, C] floating-point data (already scaled like ``img_as_float``).
+        beta: the diffusion penalty; divided by 10 std(image), and by sqrt(C) when ``multichannel``.
+        spacing: (row, column) pixel spacing; differences are divided by it.
+    Returns:
+        [1, 2, H, W]: (right, down) weights, 0 past the last column / row.
+    """
+    if image.dim() == 2:
+        image = image.unsqueeze(-1)
+    height, width, channels = image.shape
+    dy, dx = float(spacing[0]), float(spacing[1])
+    grad_right = ((image[:, 1:] - image[:, :-1]) / dx).square().sum(dim=-1)  # [H, W-1]
+    grad_down = ((image[1:] - image[:-1]) / dy).square().sum(dim=-1)  # [H-1, W]
+    std = float(image.std(correction=0)) if image.numel() else 0.0
+    # A constant image has no intensity differences: every weight is exp(0) + eps.
+    scale = -float(beta) / (10.0 * std) if std > 0 else 0.0
+    if multichannel:
+        scale /= math.sqrt(channels)
+    edges = image.new_zeros((1, 2, height, width))
+    edges[0, 0, :, :-1] = torch.exp(scale * grad_right) + EDGE_EPSILON
+    edges[0, 1, :-1, :] = torch.exp(scale * grad_down) + EDGE_EPSILON
+    return edges
+
+
+def _seeded_components(active: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """[H, W] bool: active pixels 4-connected, through active pixels, to a positive label.
+
+    Computed with scipy.ndimage on the host (a one-byte-per-pixel map each way); only
+    called when some pixels are inactive, since the full grid is connected otherwise.
+    """
+    from scipy import ndimage
+
+    components, _ = ndimage.label(active.cpu().numpy())
+    seeded = np.unique(components[positive.cpu().numpy()])
+    seeded = seeded[seeded > 0]
+    return torch.from_numpy(np.isin(components, seeded)).to(active.device)
+
+
+def _check_arguments(beta, mode, tol, copy, return_full_prob, prob_tol, channel_axis):
+    if isinstance(beta, bool) or not isinstance(beta, Real) or not math.isfinite(float(beta)) or float(beta) < 0:
+        raise ValueError(f"`beta` must be a finite real number >= 0, got {beta!r}")
+    if mode is None:
+        mode = "cg_j"
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"`mode` must be one of {list(MODES)} or None, got {mode!r}")
+    tol = _checks.check_nonnegative_real("tol", tol)
+    prob_tol = _checks.check_nonnegative_real("prob_tol", prob_tol)
+    for name, value in (("copy", copy), ("return_full_prob", return_full_prob)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"`{name}` must be a bool, got {type(value).__name__} ({value!r})")
+    if channel_axis is not None and (isinstance(channel_axis, bool) or not isinstance(channel_axis, Integral)):
+        raise TypeError(f"`channel_axis` must be an int or None, got {type(channel_axis).__name__} ({channel_axis!r})")
+    return mode, tol, prob_tol
+
+
+def _spatial_layout(data: torch.Tensor, label_shape, channel_axis) -> torch.Tensor:
+    """The data as [H, W, C]; 3D volumes raise NotImplementedError."""
+    if channel_axis is None:
+        if data.dim() == 3:
+            raise NotImplementedError(
+                "random_walker: 3D volumes are not supported yet (the solvers are 2D 5-point stencils); "
+                "got `data` of shape {} with channel_axis=None. For a 2D multichannel image pass "
+                "`channel_axis`.".format(tuple(data.shape))
+            )
+        if data.dim() != 2:
+            raise ValueError(f"`data` must be a 2D image (H, W) when channel_axis is None, got shape {tuple(data.shape)}")
+        data = data.unsqueeze(-1)
+    else:
+        ndim = data.dim()
+        if not -ndim <= int(channel_axis) < ndim:
+            raise ValueError(f"`channel_axis` must lie in [{-ndim}, {ndim}) for `data` of shape {tuple(data.shape)}, got {channel_axis}")
+        data = torch.movedim(data, int(channel_axis), -1)
+        if data.dim() == 4:
+            raise NotImplementedError(
+                "random_walker: 3D multichannel volumes are not supported yet (2D solvers only); "
+                f"got `data` of shape {tuple(data.shape)} with channels last"
+            )
+        if data.dim() != 3:
+            raise ValueError(
+                f"`data` must be a 2D multichannel image (3 dimensions with channel_axis), got shape {tuple(data.shape)}"
+            )
+    if tuple(data.shape[:2]) != tuple(label_shape):
+        raise ValueError(
+            f"`labels` must have the spatial shape of `data` {tuple(data.shape[:2])} "
+            f"(channels excluded), got {tuple(label_shape)}"
+        )
+    return data
+
+
+def random_walker(
+    data,
+    labels,
+    beta=130,
+    mode="cg_j",
+    tol=1.0e-3,
+    copy=True,
+    return_full_prob=False,
+    spacing=None,
+    *,
+    prob_tol=1e-3,
+    channel_axis=None,
+    backend="auto",
+    maxiter=None,
+):
+    """Random-walker segmentation from markers, compatible with scikit-image's.
+
+    Args:
+        data: (M, N) image, or (M, N, C) with ``channel_axis`` (any axis); numpy array or
+            torch tensor. Integer data is scaled as ``skimage.img_as_float`` does. The
+            solve runs in float32 for float16/float32 data and in float64 otherwise.
+        labels: (M, N) integer markers: > 0 seeds of each phase, 0 unknown, < 0 inactive
+            (removed from the graph). Labels are renumbered to consecutive integers (the
+            output uses the new numbers), as in scikit-image.
+        beta: diffusion penalty (larger: harder to cross intensity edges).
+        mode: "cg_j" (default): Jacobi-preconditioned conjugate gradients on ``backend``
+            ("cg", scikit-image's unpreconditioned CG, runs as "cg_j"); "cg_mg": CG with this
+            library's multigrid preconditioner (as "cg_j", with a warning, where the library
+            or the backend has none); "bf": exact sparse factorisation (scipy, float64, on
+            the host; ``backend`` is ignored).
+        tol: relative residual tolerance of each label's CG solve, ||b - Ax|| <= tol ||b||.
+        copy: if False and the result is a label map, it is written into ``labels`` (which
+            must then be a writable array or tensor) and ``labels`` is returned.
+        return_full_prob: return the probabilities (nlabels, M, N) instead of the labels.
+        spacing: (row, column) pixel spacing (default 1, 1).
+        prob_tol: warn when a probability leaves [-prob_tol, 1 + prob_tol].
+        channel_axis: the channel axis of multichannel data, or None for grey-level data.
+        backend: this library's backend for the CG modes ("auto", "torch", "triton", "scipy").
+        maxiter: CG iteration limit (default: the library's, 10 (M + N) + 1000).
+
+    Returns:
+        With ``return_full_prob`` False, the labels (renumbered 1..nlabels, inactive pixels
+        negative, unknown pixels that no seed can reach 0) with the type of ``labels``
+        (numpy array of its dtype, or tensor on ``labels``' device). Otherwise float
+        probabilities (nlabels, M, N): a float64 numpy array for numpy labels, else a
+        tensor of the solve's dtype on ``data``'s device; inactive and unreachable pixels
+        are 0 for every label.
+
+    Differences from scikit-image: 3D data raises NotImplementedError; a constant image
+    gives uniform weights instead of NaN; seeds cut off by inactive pixels keep their label
+    (scikit-image can return NaN there); the early-return probabilities (no unknown pixel)
+    have the documented (nlabels, M, N) layout.
+    """
+    output, _ = _solve(
+        data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_tol, channel_axis, backend, maxiter
+    )
+    return output
+
+
+def random_walker_with_stats(
+    data,
+    labels,
+    beta=130,
+    mode="cg_j",
+    tol=1.0e-3,
+    copy=True,
+    return_full_prob=False,
+    spacing=None,
+    *,
+    prob_tol=1e-3,
+    channel_axis=None,
+    backend="auto",
+    maxiter=None,
+):
+    """:func:`random_walker`, also returning the solver's :class:`PropagationResult`.
+
+    Returns ``(output, result)``; ``result`` is None when nothing was solved (no unknown
+    pixel, or none that a seed can reach). ``result.iterations`` / ``result.residual``
+    hold the per-label CG statistics.
+    """
+    return _solve(
+        data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_tol, channel_axis, backend, maxiter
+    )
+
+
+def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_tol, channel_axis, backend, maxiter):
+    """The work of :func:`random_walker`; warnings point at the public function's caller."""
+    mode, tol, prob_tol = _check_arguments(beta, mode, tol, copy, return_full_prob, prob_tol, channel_axis)
+    labels_is_tensor = isinstance(labels, torch.Tensor)
+    if isinstance(data, torch.Tensor):
+        device = data.device
+    else:
+        device = labels.device if labels_is_tensor else torch.device("cpu")
+    image = _data_as_float(data, device)
+    label_map = _labels_as_tensor(labels, device)
+    if label_map.dim() != 2:
+        if label_map.dim() == 3:
+            raise NotImplementedError(
+                f"random_walker: 3D volumes are not supported yet, got `labels` of shape {tuple(label_map.shape)}"
+            )
+        raise ValueError(f"`labels` must be a 2D (M, N) label map, got shape {tuple(label_map.shape)}")
+    image = _spatial_layout(image, label_map.shape, channel_axis)
+    if spacing is None:
+        spacing = (1.0, 1.0)
+    try:
+        spacing = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise TypeError(f"`spacing` must be an iterable of 2 positive numbers, got {spacing!r}") from None
+    if len(spacing) != 2 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"`spacing` must hold one positive number per spatial dimension (2), got {spacing}")
+    _checks.check_finite("data", image)
+    multichannel = channel_axis is not None
+
+    # Labels: renumber to consecutive integers around 0, as scikit-image does.
+    values = torch.unique(label_map)
+    if int(values.max()) <= 0:
+        raise ValueError(
+            "`labels` must contain at least one positive value (a seed); got only values <= 0: "
+            f"{values[:5].tolist()}"
+        )
+    unknown = label_map == 0
+    if not bool(unknown.any()):
+        warnings.warn(
+            "random_walker only segments unlabeled pixels (labels == 0) and `labels` has none; "
+            "returning the labels unchanged.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return _early_return(labels, label_map, values, return_full_prob, image.dtype, copy), None
+    negatives = int((values < 0).sum())
+    renumbered = torch.searchsorted(values, label_map) - negatives
+    num_labels = int((values > 0).sum())
+    active = renumbered >= 0
+    if negatives:
+        reachable = _seeded_components(active, renumbered > 0) & unknown
+        if not bool(reachable.any()):
+            warnings.warn(
+                "random_walker: every unlabeled pixel is cut off from the seeds by inactive pixels "
+                "(labels < 0); none can be determined. Returning the labels unchanged.",
+                UserWarning,
+                stacklevel=3,
+            )
+            return _early_return(labels, label_map, values, return_full_prob, image.dtype, copy), None
+    else:
+        reachable = unknown
+
+    edges = image_edge_weights(image, beta, spacing, multichannel)
+    if negatives:
+        both_right = active[:, :-1] & active[:, 1:]
+        both_down = active[:-1, :] & active[1:, :]
+        edges[0, 0, :, :-1] *= both_right
+        edges[0, 1, :-1, :] *= both_down
+    seeds = torch.where(renumbered > 0, renumbered - 1, torch.full_like(renumbered, -1)).unsqueeze(0)
+
+    if mode == "bf":
+        solver = dict(backend="scipy")
+    else:
+        preconditioner = "jacobi"
+        if mode == "cg_mg":
+            if "multigrid" in PRECONDITIONERS:
+                preconditioner = "multigrid"
+            else:
+                warnings.warn(
+                    'random_walker: mode "cg_mg" needs the multigrid preconditioner, which this version of '
+                    'rawks_triton lacks; using "cg_j" (Jacobi) instead.',
+                    UserWarning,
+                    stacklevel=3,
+                )
+        solver = dict(backend=backend, preconditioner=preconditioner, maxiter=maxiter)
+    with warnings.catch_warnings():
+        # Reported below in this function's terms (beta, tol) instead of propagate's.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        try:
+            result = propagate(edges, seeds, num_labels, "grady", rtol=tol, atol=0.0, min_weight=0.0, **solver)
+        except ValueError as err:
+            if solver.get("preconditioner") != "multigrid" or "preconditioner" not in str(err):
+                raise
+            fallback = True  # this backend has no multigrid cycle
+        else:
+            fallback = False
+        if fallback:
+            solver["preconditioner"] = "jacobi"
+            result = propagate(edges, seeds, num_labels, "grady", rtol=tol, atol=0.0, min_weight=0.0, **solver)
+    if fallback:
+        warnings.warn(
+            f'random_walker: backend {result.backend!r} has no multigrid preconditioner; mode "cg_mg" ran as "cg_j".',
+            UserWarning,
+            stacklevel=3,
+        )
+    if not bool(result.converged.all()):
+        failed = ~result.converged
+        warnings.warn(
+            f"random_walker: conjugate gradients did not reach tol={tol:g} for {int(failed.sum())} of "
+            f"{failed.numel()} labels (worst relative residual {float(result.residual.max()):.3e} after "
+            f"{int(result.iterations.max())} iterations). Decrease `beta` to improve the conditioning, "
+            f"raise `maxiter`, or loosen `tol`.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+    # Grady's probabilities are the solutions themselves (they sum to 1 where a seed is reachable).
+    probabilities = result.Z[0]  # [L, H, W]
+    solved = probabilities[:, reachable]
+    if solved.numel() and (float(solved.min()) < -prob_tol or float(solved.max()) > 1 + prob_tol):
+        warnings.warn(
+            f"random_walker: probabilities leave [0, 1] by more than prob_tol={prob_tol:g} "
+            f"(range [{float(solved.min()):.4g}, {float(solved.max()):.4g}]). Decrease `beta` and/or `tol`.",
+            UserWarning,
+            stacklevel=3,
+        )
+    seeded = renumbered > 0
+    keep = reachable | seeded
+    if return_full_prob:
+        probabilities = torch.where(keep, probabilities, torch.zeros_like(probabilities))
+        return (probabilities.cpu().double().numpy() if not labels_is_tensor else probabilities), result
+    segmentation = torch.where(reachable, probabilities.argmax(dim=0) + 1, renumbered)
+    return _as_labels_output(labels, segmentation, copy), result
+
+
+def _as_labels_output(labels, segmentation: torch.Tensor, copy: bool):
+    """``segmentation`` in the type, dtype and device of ``labels`` (written into it when not ``copy``)."""
+    if isinstance(labels, torch.Tensor):
+        out = segmentation.to(device=labels.device, dtype=labels.dtype)
+        if not copy:
+            labels.copy_(out)
+            return labels
+        return out
+    if not copy and isinstance(labels, np.ndarray):
+        labels[...] = segmentation.cpu().numpy()
+        return labels
+    return segmentation.cpu().numpy().astype(np.asarray(labels).dtype)
+
+
+def _early_return(labels, label_map: torch.Tensor, values: torch.Tensor, return_full_prob: bool, dtype, copy: bool):
+    """No unknown pixel can be solved: the labels as given, or their one-hot probabilities."""
+    if return_full_prob:
+        positive = values[values > 0]
+        onehot = (label_map.unsqueeze(0) == positive.view(-1, 1, 1)).to(dtype)
+        return onehot if isinstance(labels, torch.Tensor) else onehot.cpu().double().numpy()
+    if not copy and isinstance(labels, (torch.Tensor, np.ndarray)):
+        return labels
+    if isinstance(labels, torch.Tensor):
+        return labels.clone()
+    return np.array(labels, copy=True)

@@ -1,0 +1,77 @@
+"""Boundary scores + scribbles -> label probabilities P at the image resolution, for training.
+
+Wraps :func:`rawks_triton.propagate` with what training needs: the backend choice per
+device, an optional lower propagation resolution (the paper propagated at a quarter of
+the image resolution) and float64 for the direct solver.
+
+Default backend: on CUDA the library's "auto" (the Triton kernels); on the CPU "scipy",
+the sparse LU factorisation, which is exact, needs no iteration count that grows with
+the image side, and is reused by the adjoint solve: at 96x128 it takes about 15 ms an
+image against tens of Jacobi-CG iterations per label for "torch".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..propagation import PropagationResult, propagate
+
+# Below this total weight a pixel counts as unreachable when the solve is exact (scipy).
+DIRECT_MIN_WEIGHT = 1e-100
+
+
+@dataclass(frozen=True)
+class PropagationSettings:
+    model: str = "rawks"
+    backend: str = "auto"
+    rtol: float = 1e-4
+    min_weight: float | None = None
+    scale: float = 1.0
+
+    def resolved_backend(self, device: torch.device) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "scipy" if device.type == "cpu" else "auto"
+
+
+def downsample_scribbles(scribbles: torch.Tensor, size: tuple[int, int], num_labels: int) -> torch.Tensor:
+    """[N, H, W] scribbles -> [N, h, w]: each coarse pixel takes the label most of its scribbled pixels carry.
+
+    Thin strokes survive (a coarse pixel is labelled as soon as one fine pixel is).
+    """
+    labelled = scribbles >= 0
+    one_hot = F.one_hot(scribbles.clamp(min=0), num_labels).permute(0, 3, 1, 2).float() * labelled[:, None].float()
+    counts = F.adaptive_avg_pool2d(one_hot, size)
+    best = counts.argmax(dim=1)
+    return torch.where(counts.sum(dim=1) > 0, best, torch.full_like(best, -1))
+
+
+def propagate_scribbles(
+    boundary: torch.Tensor, scribbles: torch.Tensor, num_labels: int, settings: PropagationSettings
+) -> tuple[torch.Tensor, torch.Tensor, PropagationResult]:
+    """P [N, L, H, W] and reachable [N, H, W] at the input size, and the raw result.
+
+    ``boundary`` [N, 1, H, W] >= 0 (differentiable), ``scribbles`` [N, H, W] (-1 unlabelled).
+    """
+    height, width = boundary.shape[-2:]
+    backend = settings.resolved_backend(boundary.device)
+    scores = boundary.double() if backend == "scipy" else boundary
+    min_weight = settings.min_weight
+    if min_weight is None and backend == "scipy":
+        min_weight = DIRECT_MIN_WEIGHT
+    seeds = scribbles
+    if settings.scale != 1.0:
+        size = (max(1, round(height * settings.scale)), max(1, round(width * settings.scale)))
+        scores = F.adaptive_avg_pool2d(scores, size)
+        seeds = downsample_scribbles(scribbles, size, num_labels)
+    result = propagate(
+        scores, seeds, num_labels, settings.model, backend=backend, rtol=settings.rtol, min_weight=min_weight
+    )
+    P, reachable = result.P, result.reachable
+    if settings.scale != 1.0:
+        P = F.interpolate(P, size=(height, width), mode="bilinear", align_corners=False)
+        reachable = F.interpolate(reachable[:, None].float(), size=(height, width), mode="nearest")[:, 0] > 0.5
+    return P.to(boundary.dtype), reachable, result

@@ -1,0 +1,138 @@
+"""Dataset name + options -> the training split and the held-out split.
+
+The held-out split is used to measure Q (mIoU on images it never saw) and the learned
+boundaries on scribbles that were not used in training (P on the held-out images).
+
+Options per dataset (``data_options`` of :class:`~.trainer.TrainConfig`, ``--data-option
+key=value`` on the command line):
+
+* ``synthetic``: ``train_count`` (64), ``val_count`` (32), ``height`` (96), ``width``
+  (128), ``num_labels`` (3), ``cue`` ("texture" or "shape"), ``data_seed`` (0; the
+  held-out set uses data_seed + 1).
+* ``folder``: ``train_split`` / ``val_split`` (names of ``splits/*.txt``; default
+  "train"/"val" when those files exist, otherwise every image trains and nothing is held
+  out), ``unlabelled`` (255), ``ignore`` (255), ``channels`` (3), ``num_labels``.
+* ``grabcut``: ``scribble_set`` ("scribbles-set-1"), ``holdout`` (names joined by "+"),
+  or ``holdout_count`` (k: every (30/k)-th image in name order; default 10).
+* ``acdc``: ``val_patients`` ("patient005"; several joined by "+").
+* ``scribblesup``: ``layout`` ("auto"), ``train_split`` ("train"), ``val_split`` ("val";
+  in the flat layout: none), ``stroke_width`` (3), ``scribble_dir`` ("pascal_2012").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import ACDCDataset, DataFolderError, FolderDataset, GrabCutDataset, ScribbleDataset, ScribbleSupDataset
+from .synthetic import SyntheticDataset
+
+DATASETS = ("synthetic", "folder", "grabcut", "acdc", "scribblesup")
+
+_KNOWN_OPTIONS = {
+    "synthetic": {"train_count", "val_count", "height", "width", "num_labels", "data_seed", "cue"},
+    "folder": {"train_split", "val_split", "unlabelled", "ignore", "channels", "num_labels"},
+    "grabcut": {"scribble_set", "holdout", "holdout_count"},
+    "acdc": {"val_patients"},
+    "scribblesup": {"layout", "train_split", "val_split", "stroke_width", "scribble_dir"},
+}
+_INT_OPTIONS = {"train_count", "val_count", "height", "width", "num_labels", "data_seed", "unlabelled", "ignore", "channels", "holdout_count", "stroke_width"}
+
+
+@dataclass
+class Splits:
+    train: ScribbleDataset
+    val: ScribbleDataset | None
+
+    @property
+    def num_labels(self) -> int:
+        return self.train.num_labels
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.in_channels
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.train.class_names)
+
+
+def parse_options(data: str, options: dict) -> dict:
+    """Check option names and convert integer options given as strings."""
+    if data not in DATASETS:
+        raise ValueError(f"`data` must be one of {list(DATASETS)}, got {data!r}")
+    unknown = set(options) - _KNOWN_OPTIONS[data]
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for data={data!r}; known: {sorted(_KNOWN_OPTIONS[data])}")
+    parsed = {}
+    for key, value in options.items():
+        if key in _INT_OPTIONS and isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ValueError(f"data option {key!r} must be an integer, got {value!r}") from None
+        parsed[key] = value
+    return parsed
+
+
+def _names(value) -> list[str]:
+    if isinstance(value, str):
+        return [v for v in value.replace(",", "+").split("+") if v]
+    return list(value)
+
+
+def build_splits(data: str, root: str | None, options: dict | None = None) -> Splits:
+    options = parse_options(data, dict(options or {}))
+    if data == "synthetic":
+        seed = options.get("data_seed", 0)
+        shape = dict(
+            height=options.get("height", 96), width=options.get("width", 128), num_labels=options.get("num_labels", 3),
+            cue=options.get("cue", "texture"),
+        )
+        train = SyntheticDataset(options.get("train_count", 64), seed=seed, **shape)
+        val_count = options.get("val_count", 32)
+        val = SyntheticDataset(val_count, seed=seed + 1, **shape) if val_count > 0 else None
+        return Splits(train, val)
+    if root is None:
+        raise ValueError(f"`data_root` is required for data={data!r} (the folder that holds the data set)")
+    root_path = Path(root)
+    if not root_path.exists():
+        raise DataFolderError(f"data_root {root_path} does not exist (expected the {data} data folder)")
+    if data == "folder":
+        common = {k: options[k] for k in ("unlabelled", "ignore", "channels", "num_labels") if k in options}
+        splits_dir = root_path / "splits"
+        train_split = options.get("train_split", "train" if (splits_dir / "train.txt").is_file() else None)
+        val_split = options.get("val_split", "val" if (splits_dir / "val.txt").is_file() else None)
+        train = FolderDataset(root_path, train_split, **common)
+        common.setdefault("num_labels", train.num_labels)
+        val = FolderDataset(root_path, val_split, **common) if val_split else None
+        return Splits(train, val)
+    if data == "grabcut":
+        scribble_set = options.get("scribble_set", "scribbles-set-1")
+        every = GrabCutDataset(root_path, scribble_set)
+        if "holdout" in options:
+            held = _names(options["holdout"])
+        else:
+            count = options.get("holdout_count", 10)
+            if not 0 <= count < len(every):
+                raise ValueError(f"`holdout_count` must be in [0, {len(every)}), got {count}")
+            held = [every.names[round(i * len(every) / count)] for i in range(count)] if count else []
+        train_names = [n for n in every.names if n not in set(held)]
+        return Splits(every.subset(train_names), every.subset(held) if held else None)
+    if data == "acdc":
+        every = ACDCDataset(root_path)
+        val_patients = _names(options.get("val_patients", "patient005"))
+        held = [n for n in every.names if any(n.startswith(p) for p in val_patients)]
+        train_names = [n for n in every.names if n not in set(held)]
+        return Splits(every.subset(train_names), every.subset(held) if held else None)
+    # scribblesup
+    layout = options.get("layout", "auto")
+    common = {k: options[k] for k in ("stroke_width", "scribble_dir") if k in options}
+    if layout == "auto":
+        layout = "voc" if (root_path / "JPEGImages").is_dir() else "flat"
+    if layout == "flat":
+        return Splits(ScribbleSupDataset(root_path, "flat", **common), None)
+    train = ScribbleSupDataset(root_path, "voc", options.get("train_split", "train"), **common)
+    val_split = options.get("val_split", "val")
+    val = ScribbleSupDataset(root_path, "voc", val_split, **common) if val_split else None
+    return Splits(train, val)

@@ -1,0 +1,540 @@
+"""The reference trainer: Q and B from scribbles, with the random-walk propagation P between them.
+
+Protocols (the paper's Table 2):
+
+* ``joint``: Q and B trained together on ``rawks_loss(P(B, scribbles), Q)``.
+* ``joint-then-q`` ("train P, Q, then Q"): ``joint`` for the first steps, then the last
+  ``q_only_steps`` fine-tune Q alone on the loss with P fixed (B frozen).
+* ``sparse``: the baseline, cross-entropy of Q on the scribbled pixels only; no B.
+* ``dense``: cross-entropy of Q on the dense truth (datasets with masks); no B.
+
+Everything a step does is a function of (seed, step): the batch (a permutation per
+epoch), the flips, the learning rate. A checkpoint holds the step, the networks and the
+optimisers, so ``resume`` continues an interrupted run exactly, and K processes under
+``torchrun`` (DDP) with batch b take the steps of one process with batch K*b.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _checks
+from ..loss import DEFAULT_ALPHA, rawks_loss
+from ..propagation import MODELS, reach_threshold
+from . import distributed
+from .data import Sample
+from .evaluate import evaluate, predict
+from .networks import ARCHS, build_boundary_net, build_segmentation_net
+from .propagate import PropagationSettings, propagate_scribbles
+from .splits import DATASETS, Splits, build_splits, parse_options
+
+PROTOCOLS = ("joint", "joint-then-q", "sparse", "dense")
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+CSV_FIELDS = (
+    "step", "phase", "kind", "split", "loss", "q_miou", "q_accuracy", "q_pixel_error", "p_miou", "p_accuracy",
+    "p_pixel_error", "p_miou_abstain", "p_pixel_error_abstain", "abstained", "images", "images_per_second", "seconds",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (saved in every checkpoint)."""
+
+    data: str = "synthetic"
+    data_root: str | None = None
+    data_options: dict = field(default_factory=dict)
+    protocol: str = "joint"
+    steps: int = 300
+    q_only_steps: int | None = None  # joint-then-q: the last steps that train Q alone (default: half)
+    batch_size: int = 4
+    lr: float = 2e-3
+    boundary_lr: float | None = None  # default: lr
+    lr_schedule: str = "cosine"  # or "constant"
+    weight_decay: float = 0.0
+    clip_grad: float = 5.0
+    alpha: float = DEFAULT_ALPHA
+    reach_weight: float = 0.01  # weight of the survival term mean(-log sum_l Z_l); 0: eq. 11 alone
+    arch: str = "small"
+    q_width: int = 32
+    b_width: int = 16
+    weights: str | None = None  # local ResNet trunk weights (state dict file)
+    initial_logit: float = -10.0
+    model: str = "rawks"
+    backend: str = "auto"
+    rtol: float = 1e-4
+    min_weight: float | None = None
+    propagation_scale: float = 1.0
+    augment: bool = True
+    seed: int = 0
+    eval_every: int = 100
+    checkpoint_every: int = 50
+    log_every: int = 10
+    figures: int = 4
+    device: str = "cpu"
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    out: str = "runs/train"
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        _checks.check_choice("data", self.data, DATASETS)
+        parse_options(self.data, self.data_options)
+        _checks.check_choice("protocol", self.protocol, PROTOCOLS)
+        _checks.check_choice("arch", self.arch, ARCHS)
+        _checks.check_choice("model", self.model, MODELS)
+        _checks.check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
+        for name in ("steps", "batch_size", "q_width", "b_width", "eval_every", "checkpoint_every", "log_every"):
+            _checks.check_int(name, getattr(self, name), minimum=1)
+        _checks.check_int("figures", self.figures, minimum=0)
+        _checks.check_int("seed", self.seed, minimum=0)
+        if self.threads is not None:
+            _checks.check_int("threads", self.threads, minimum=1)
+        for name in ("lr", "weight_decay", "clip_grad", "alpha", "rtol", "reach_weight"):
+            _checks.check_nonnegative_real(name, getattr(self, name))
+        if self.boundary_lr is not None:
+            _checks.check_nonnegative_real("boundary_lr", self.boundary_lr)
+        if self.min_weight is not None:
+            _checks.check_nonnegative_real("min_weight", self.min_weight)
+        scale = _checks.check_nonnegative_real("propagation_scale", self.propagation_scale)
+        if not 0 < scale <= 1:
+            raise ValueError(f"`propagation_scale` must be in (0, 1], got {scale}")
+        if self.q_only_steps is not None:
+            _checks.check_int("q_only_steps", self.q_only_steps, minimum=0)
+            if self.q_only_steps >= self.steps:
+                raise ValueError(f"`q_only_steps` must be < `steps` ({self.steps}), got {self.q_only_steps}")
+            if self.protocol != "joint-then-q" and self.q_only_steps:
+                raise ValueError(f"`q_only_steps` is only for protocol='joint-then-q', got protocol={self.protocol!r}")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ValueError(f"`weights` must be a local state-dict file, got {self.weights!r} (no such file)")
+        return self
+
+    @property
+    def uses_boundaries(self) -> bool:
+        return self.protocol in ("joint", "joint-then-q")
+
+    @property
+    def joint_steps(self) -> int:
+        if self.protocol != "joint-then-q":
+            return self.steps
+        q_only = self.steps // 2 if self.q_only_steps is None else self.q_only_steps
+        return self.steps - q_only
+
+    def phase(self, step: int) -> str:
+        """What step ``step`` (0-based) trains: "joint", "q-only", "sparse" or "dense"."""
+        if self.protocol in ("sparse", "dense"):
+            return self.protocol
+        return "joint" if step < self.joint_steps else "q-only"
+
+    def learning_rate(self, base: float, step: int) -> float:
+        if self.lr_schedule == "constant":
+            return base
+        return base * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
+
+    @property
+    def propagation(self) -> PropagationSettings:
+        return PropagationSettings(self.model, self.backend, self.rtol, self.min_weight, self.propagation_scale)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+class ListApply(nn.Module):
+    """Applies a network to a list of batches (images of different sizes): one DDP forward per step."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.net(x) for x in images]
+
+
+def _image_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N, H, W] values -> [N] means over ``mask`` (0 for an image with an empty mask)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp(min=1)
+
+
+def reach_penalty(result) -> torch.Tensor:
+    """[N] per image: the mean over its pixels of -log sum_l Z_l (0 for an image without scribbles).
+
+    sum_l Z_l is the probability that a walk from the pixel reaches a scribble before it
+    is killed. Eq. 11 alone rewards killing everywhere (large B makes P sharp, as the
+    nearest scribble wins), and the boundary network can learn to fill whole objects
+    with large scores; this term charges every killed walk, so that walls pay only where
+    they separate labels.
+    """
+    total = result.Z.clamp(min=0).sum(dim=1)  # [N, h, w]
+    penalty = -torch.log(total + reach_threshold(total.dtype)).mean(dim=(1, 2))
+    return torch.where(result.has_seeds, penalty, torch.zeros_like(penalty))
+
+
+def step_indices(step: int, dataset_size: int, global_batch: int, seed: int) -> tuple[list[int], int]:
+    """The dataset indices of global batch ``step`` and its epoch: a permutation per epoch, padded by wrapping."""
+    per_epoch = max(1, math.ceil(dataset_size / global_batch))
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(dataset_size, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+    order = (order * math.ceil(per_epoch * global_batch / dataset_size + 1))[: per_epoch * global_batch]
+    return order[position * global_batch : (position + 1) * global_batch], epoch
+
+
+def flip_of(seed: int, epoch: int, index: int) -> bool:
+    g = torch.Generator().manual_seed((seed * 7_919 + epoch) * 104_729 + index)
+    return bool(torch.rand((), generator=g) < 0.5)
+
+
+def group_by_size(samples: list[Sample]) -> list[list[Sample]]:
+    groups: dict[tuple, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(tuple(s.image.shape), []).append(s)
+    return list(groups.values())
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (expected a file written by `rawks train`)")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or "config" not in payload or "q" not in payload:
+        raise ValueError(f"{path} is not a rawks_triton training checkpoint (missing 'config' or 'q')")
+    return payload
+
+
+def networks_from_checkpoint(payload: dict, device="cpu"):
+    """(config, Q, B or None, meta) rebuilt from a checkpoint, in eval mode."""
+    config = TrainConfig.from_dict(payload["config"])
+    meta = payload["meta"]
+    q_net = build_segmentation_net(config.arch, meta["in_channels"], meta["num_labels"], config.q_width)
+    q_net.load_state_dict(payload["q"])
+    b_net = None
+    if payload.get("b") is not None:
+        b_net = build_boundary_net(config.arch, meta["in_channels"], config.b_width, initial_logit=config.initial_logit)
+        b_net.load_state_dict(payload["b"])
+        b_net.to(device).eval()
+    return config, q_net.to(device).eval(), b_net, meta
+
+
+class MetricsLog:
+    """metrics.csv of a run (rank 0 only); on resume, rows past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is None or not path.is_file():
+            with open(path, "w", newline="") as f:
+                csv.DictWriter(f, CSV_FIELDS).writeheader()
+            return
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, CSV_FIELDS)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        _atomic_write(path, write)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, CSV_FIELDS).writerow({k: _fmt(row.get(k)) for k in CSV_FIELDS})
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    step: int
+    metrics: dict  # split -> metrics of the last evaluation
+    checkpoint: Path
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False, overrides: dict | None = None):
+        self.dist = distributed.init_from_environment(config.device)
+        out = Path(config.out)
+        self.start_step = 0
+        payload = None
+        if resume:
+            payload = load_checkpoint(out / CHECKPOINT)
+            config = TrainConfig.from_dict({**payload["config"], "out": str(out), **(overrides or {})})
+            self.start_step = int(payload["step"])
+        self.config = config.validate()
+        self.out = out
+        self.device = torch.device(config.device)
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        if self.dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        self.splits: Splits = build_splits(config.data, config.data_root, config.data_options)
+        if config.protocol == "dense" and not self.splits.train.has_masks:
+            raise ValueError(f"protocol='dense' needs dense masks, and the {config.data} training split has none")
+        torch.manual_seed(config.seed)
+        L, C = self.splits.num_labels, self.splits.in_channels
+        self.q_net = build_segmentation_net(config.arch, C, L, config.q_width, config.weights).to(self.device)
+        self.b_net = None
+        if config.uses_boundaries:
+            self.b_net = build_boundary_net(config.arch, C, config.b_width, config.weights, config.initial_logit).to(self.device)
+        self.q_opt = torch.optim.Adam(self.q_net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.b_opt = None
+        if self.b_net is not None:
+            self.b_opt = torch.optim.Adam(self.b_net.parameters(), lr=config.boundary_lr or config.lr, weight_decay=config.weight_decay)
+        if payload is not None:
+            self.q_net.load_state_dict(payload["q"])
+            self.q_opt.load_state_dict(payload["q_opt"])
+            if self.b_net is not None:
+                self.b_net.load_state_dict(payload["b"])
+                self.b_opt.load_state_dict(payload["b_opt"])
+        self.q_model = self._wrap(self.q_net)
+        self.b_model = self._wrap(self.b_net) if self.b_net is not None else None
+        self.log = MetricsLog(out / METRICS, self.start_step if resume else None) if self.dist.is_main else None
+
+    def _wrap(self, net: nn.Module) -> nn.Module:
+        wrapped = ListApply(net)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(wrapped, device_ids=device_ids)
+        return wrapped
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def batch(self, step: int) -> list[Sample]:
+        """This process's share of global batch ``step``."""
+        cfg, world = self.config, self.dist.world_size
+        indices, epoch = step_indices(step, len(self.splits.train), cfg.batch_size * world, cfg.seed)
+        mine = indices[self.dist.rank :: world]
+        samples = []
+        for index in mine:
+            sample = self.splits.train[index]
+            samples.append(sample.flipped() if cfg.augment and flip_of(cfg.seed, epoch, index) else sample)
+        return samples
+
+    def loss(self, samples: list[Sample], phase: str) -> torch.Tensor:
+        cfg, L, device = self.config, self.splits.num_labels, self.device
+        groups = group_by_size(samples)
+        images = [torch.stack([s.image for s in g]).to(device) for g in groups]
+        q_out = self.q_model(images)
+        if phase == "joint":
+            b_out = self.b_model(images)
+        elif phase == "q-only":
+            with torch.no_grad():
+                b_out = [self.b_net(x) for x in images]
+        # Every image weighs the same: per-image means, averaged over the batch, so that the
+        # loss does not depend on how the batch is grouped or split across processes.
+        per_image = []
+        for k, group in enumerate(groups):
+            q = q_out[k]
+            scribbles = torch.stack([s.scribbles for s in group]).to(device)
+            if phase in ("joint", "q-only"):
+                boundary = b_out[k]
+                P, reachable, result = propagate_scribbles(boundary, scribbles, L, cfg.propagation)
+                if phase == "q-only":
+                    P = P.detach()
+                value = _image_means(rawks_loss(P, q, cfg.alpha, reachable, reduction="none"), reachable)
+                if cfg.reach_weight and phase == "joint":
+                    value = value + cfg.reach_weight * reach_penalty(result)
+                # 0 * sum(B) keeps every boundary parameter in the graph (DDP) when no pixel is reachable.
+                value = value + 0.0 * boundary.sum()
+            else:
+                target = scribbles if phase == "sparse" else torch.stack([s.mask for s in group]).to(device)
+                ce = F.cross_entropy(q, target.clamp(min=0), reduction="none")
+                value = _image_means(ce, target >= 0) + 0.0 * q.sum()
+            per_image.append(value)
+        return torch.cat(per_image).mean()
+
+    def train_step(self, step: int) -> float:
+        cfg = self.config
+        phase = cfg.phase(step)
+        train_b = phase == "joint"
+        self.q_net.train()
+        if self.b_net is not None:
+            self.b_net.train(train_b)
+        for opt, base in ((self.q_opt, cfg.lr), (self.b_opt, cfg.boundary_lr or cfg.lr)):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = cfg.learning_rate(base, step)
+        self.q_opt.zero_grad(set_to_none=True)
+        if self.b_opt is not None:
+            self.b_opt.zero_grad(set_to_none=True)
+        loss = self.loss(self.batch(step), phase)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {step}: the loss is {float(loss)}; lower --lr or --boundary-lr")
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.q_net.parameters(), cfg.clip_grad)
+        self.q_opt.step()
+        if train_b:
+            nn.utils.clip_grad_norm_(self.b_net.parameters(), cfg.clip_grad)
+            self.b_opt.step()
+        return float(loss.detach())
+
+    # ---- evaluation, figures, checkpoints ------------------------------------------------------
+
+    def evaluate(self, step: int) -> dict:
+        """Metrics of every split (rank 0), figures; returns {split: metrics}."""
+        cfg = self.config
+        self.q_net.eval()
+        if self.b_net is not None:
+            self.b_net.eval()
+        results = {}
+        for split, dataset in (("train", self.splits.train), ("val", self.splits.val)):
+            if dataset is None or not dataset.has_masks:
+                continue
+            start = time.perf_counter()
+            metrics = evaluate(
+                dataset, self.q_net, self.b_net, cfg.propagation, cfg.alpha, self.device, cfg.progress, desc=f"eval {split}"
+            )
+            metrics["seconds"] = time.perf_counter() - start
+            results[split] = metrics
+            self.log.append({"step": step, "phase": cfg.phase(max(step - 1, 0)), "kind": "eval", "split": split, **metrics})
+        if cfg.figures:
+            self.figures(step)
+        (self.out / "summary.json").write_text(json.dumps({"step": step, "metrics": results}, indent=2))
+        return results
+
+    def figures(self, step: int) -> list[Path]:
+        from .figures import save_panels
+
+        cfg, written = self.config, []
+        for split, dataset in (("train", self.splits.train), ("val", self.splits.val)):
+            if dataset is None:
+                continue
+            rows = []
+            for i in range(min(cfg.figures, len(dataset))):
+                sample = dataset[i]
+                out = predict([sample], self.splits.num_labels, self.q_net, self.b_net, cfg.propagation, cfg.alpha, self.device)
+                row = {"image": sample.image, "scribbles": sample.scribbles, "mask": sample.mask, "q_logits": out["q_logits"][0]}
+                if "P" in out:
+                    row.update(boundary=out["boundary"][0, 0], P=out["P"][0], weight=out["weight"][0])
+                rows.append(row)
+            if rows:
+                title = f"{cfg.protocol} on {cfg.data} ({split} split), step {step}"
+                written.append(save_panels(self.out / "figures" / f"step{step:06d}_{split}.png", rows, title))
+        return written
+
+    def checkpoint(self, step: int) -> Path:
+        path = self.out / CHECKPOINT
+        if self.dist.is_main:
+            save_checkpoint(
+                path,
+                {
+                    "config": asdict(self.config),
+                    "step": step,
+                    "q": self.q_net.state_dict(),
+                    "b": None if self.b_net is None else self.b_net.state_dict(),
+                    "q_opt": self.q_opt.state_dict(),
+                    "b_opt": None if self.b_opt is None else self.b_opt.state_dict(),
+                    "meta": {
+                        "num_labels": self.splits.num_labels,
+                        "in_channels": self.splits.in_channels,
+                        "class_names": list(self.splits.class_names),
+                        "world_size": self.dist.world_size,
+                    },
+                },
+            )
+        return path
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop_after: int | None = None) -> RunSummary:
+        """Train from the current step to ``config.steps`` (or only ``stop_after`` more steps)."""
+        from tqdm.auto import tqdm
+
+        cfg, main = self.config, self.dist.is_main
+        end = cfg.steps if stop_after is None else min(cfg.steps, self.start_step + stop_after)
+        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        results: dict = {}
+        step = self.start_step
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.protocol}", disable=not (cfg.progress and main))
+        try:
+            while step < end:
+                loss = self.train_step(step)
+                step += 1
+                bar.update(1)
+                window_loss += loss
+                window_steps += 1
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    mean_loss = distributed.all_reduce_mean(self.dist, window_loss / window_steps)
+                    elapsed = time.perf_counter() - window_start
+                    speed = window_steps * cfg.batch_size * self.dist.world_size / max(elapsed, 1e-9)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{speed:.1f}")
+                    if main:
+                        self.log.append({"step": step, "phase": cfg.phase(step - 1), "kind": "train", "loss": mean_loss, "images_per_second": speed, "seconds": elapsed})
+                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                if step % cfg.checkpoint_every == 0 or step == end:
+                    self.checkpoint(step)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    if main:
+                        results = self.evaluate(step)
+                    distributed.barrier(self.dist)
+                    window_start = time.perf_counter()
+        except KeyboardInterrupt:
+            self.checkpoint(step)
+            bar.close()
+            if main:
+                print(f"\ninterrupted at step {step}; checkpoint written to {self.out / CHECKPOINT}; "
+                      f"continue with --resume --out {self.out}")
+            raise
+        bar.close()
+        distributed.barrier(self.dist)
+        return RunSummary(self.out, step, results, self.out / CHECKPOINT)
+
+
+def train(config: TrainConfig, resume: bool = False, overrides: dict | None = None, stop_after: int | None = None) -> RunSummary:
+    """Build a :class:`Trainer` and run it; see the module docstring."""
+    return Trainer(config, resume=resume, overrides=overrides).run(stop_after=stop_after)
+
+
+def format_table(results: dict, title: str = "") -> str:
+    """A markdown table of {run name: {split: metrics}}."""
+    columns = [
+        ("q_miou", "Q mIoU (val)", "val"),
+        ("p_miou", "P mIoU (train)", "train"),
+        ("p_miou_abstain", "P mIoU abstaining (train)", "train"),
+        ("abstained", "abstained % (train)", "train"),
+        ("p_accuracy", "P accuracy (train)", "train"),
+        ("p_pixel_error", "P pixel error (train)", "train"),
+        ("p_pixel_error", "P pixel error (val)", "val"),
+    ]
+    used = [c for c in columns if any(c[0] in r.get(c[2], {}) for r in results.values())]
+    lines = [title] if title else []
+    lines.append("| run | " + " | ".join(c[1] for c in used) + " |")
+    lines.append("| --- |" + " ---: |" * len(used))
+    for name, r in results.items():
+        cells = []
+        for key, _, split in used:
+            value = r.get(split, {}).get(key)
+            cells.append("-" if value is None else f"{value:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["PROTOCOLS", "RunSummary", "TrainConfig", "Trainer", "format_table", "load_checkpoint", "networks_from_checkpoint", "train"]

@@ -1,0 +1,181 @@
+"""The trainer: every protocol on tiny data (the loss falls, outputs are finite and shaped right),
+exact resume, the frozen boundaries of joint-then-q, evaluation metrics, configuration errors."""
+
+import csv
+import math
+
+import pytest
+import torch
+
+from rawks_triton.training import TrainConfig, Trainer, train
+from rawks_triton.training.evaluate import ConfusionMatrix, evaluate
+from rawks_triton.training.trainer import reach_penalty, step_indices
+
+TINY = {"train_count": 6, "val_count": 2, "height": 32, "width": 40}
+
+
+def tiny(tmp_path, name="run", **overrides):
+    settings = dict(
+        data="synthetic", data_options=dict(TINY), steps=20, batch_size=2, lr=5e-3, lr_schedule="constant",
+        eval_every=20, checkpoint_every=10, log_every=5, figures=1, progress=False, out=str(tmp_path / name),
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("protocol", ["joint", "joint-then-q", "sparse", "dense"])
+def test_each_protocol_trains_and_its_loss_falls(tmp_path, protocol):
+    trainer = Trainer(tiny(tmp_path, protocol=protocol))
+    fixed = trainer.batch(0)
+    phase = trainer.config.phase(0)
+    with torch.no_grad():
+        before = float(trainer.loss(fixed, phase))
+    summary = trainer.run()
+    with torch.no_grad():
+        after = float(trainer.loss(fixed, phase))
+    assert math.isfinite(before) and math.isfinite(after)
+    assert after < before, f"{protocol}: loss on a fixed batch went from {before:.4f} to {after:.4f}"
+    out = summary.out
+    assert (out / "checkpoint.pt").is_file() and (out / "config.json").is_file() and (out / "summary.json").is_file()
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["step000020_train.png", "step000020_val.png"]
+    rows = _rows(out / "metrics.csv")
+    assert [int(r["step"]) for r in rows if r["kind"] == "train"] == [5, 10, 15, 20]
+    assert {r["split"] for r in rows if r["kind"] == "eval"} == {"train", "val"}
+    for split, metrics in summary.metrics.items():
+        assert metrics["images"] == len(getattr(trainer.splits, split))
+        assert 0 <= metrics["q_miou"] <= 100
+        if protocol in ("joint", "joint-then-q"):
+            assert 0 <= metrics["p_miou"] <= 100 and 0 <= metrics["abstained"] <= 100
+        else:
+            assert "p_miou" not in metrics
+
+
+def test_resume_continues_exactly(tmp_path):
+    config = tiny(tmp_path, "straight", steps=6, checkpoint_every=3, log_every=3, eval_every=6, figures=0, reach_weight=0.01)
+    straight = Trainer(config)
+    straight.run()
+    interrupted = tiny(tmp_path, "resumed", steps=6, checkpoint_every=3, log_every=3, eval_every=6, figures=0, reach_weight=0.01)
+    first = train(interrupted, stop_after=3)
+    assert first.step == 3
+    resumed = Trainer(TrainConfig(out=interrupted.out), resume=True)
+    assert resumed.start_step == 3 and resumed.config.reach_weight == 0.01
+    resumed.run()
+    for name in ("q_net", "b_net"):
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}.{key} differs after resume"
+    losses = lambda out: [r["loss"] for r in _rows(out / "metrics.csv") if r["kind"] == "train"]  # noqa: E731
+    assert losses(straight.out) == losses(resumed.out) and len(losses(resumed.out)) == 2
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*empty.checkpoint.pt"):
+        Trainer(TrainConfig(out=str(tmp_path / "empty")), resume=True)
+
+
+def test_joint_then_q_freezes_the_boundaries(tmp_path):
+    config = tiny(tmp_path, protocol="joint-then-q", steps=6, q_only_steps=3, eval_every=100, figures=0)
+    assert [config.phase(s) for s in range(6)] == ["joint"] * 3 + ["q-only"] * 3
+    trainer = Trainer(config)
+    trainer.run(stop_after=3)
+    b_after_joint = {k: v.clone() for k, v in trainer.b_net.state_dict().items()}
+    q_after_joint = {k: v.clone() for k, v in trainer.q_net.state_dict().items()}
+    trainer.start_step = 3
+    trainer.run()
+    assert all(torch.equal(b_after_joint[k], v) for k, v in trainer.b_net.state_dict().items())
+    assert any(not torch.equal(q_after_joint[k], v) for k, v in trainer.q_net.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(protocol="weak"), r"`protocol` must be one of .*got 'weak'"),
+        (dict(propagation_scale=0.0), r"`propagation_scale` must be in \(0, 1\], got 0.0"),
+        (dict(q_only_steps=5), r"`q_only_steps` is only for protocol='joint-then-q'"),
+        (dict(protocol="joint-then-q", q_only_steps=20), r"`q_only_steps` must be < `steps` \(20\), got 20"),
+        (dict(steps=0), r"`steps` must be >= 1, got 0"),
+        (dict(weights="/nonexistent.pt"), r"`weights` must be a local state-dict file"),
+        (dict(data_options={"bogus": 1}), r"unknown option\(s\) \['bogus'\]"),
+    ],
+    ids=["protocol", "scale", "q-only-joint", "q-only-too-many", "steps", "weights", "data-option"],
+)
+def test_bad_configuration(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(tmp_path, **overrides).validate()
+
+
+def test_dense_protocol_needs_masks(tmp_path):
+    from test_training_data import make_folder
+
+    root = make_folder(tmp_path / "nomasks", masks=False)
+    with pytest.raises(ValueError, match=r"protocol='dense' needs dense masks"):
+        Trainer(TrainConfig(data="folder", data_root=str(root), protocol="dense", out=str(tmp_path / "o"), progress=False))
+
+
+def test_folder_data_trains_end_to_end(tmp_path):
+    from test_training_data import make_folder
+
+    root = make_folder(tmp_path / "folder", h=24, w=30)
+    summary = train(TrainConfig(data="folder", data_root=str(root), steps=2, batch_size=2, eval_every=2, figures=1, progress=False, out=str(tmp_path / "o")))
+    assert set(summary.metrics) == {"train"} and summary.metrics["train"]["images"] == 2
+
+
+def test_step_indices_cover_each_epoch_and_shard_for_ddp():
+    seen = []
+    for step in range(3):  # 10 images, global batch 4 -> 3 steps an epoch, the last padded
+        indices, epoch = step_indices(step, 10, 4, seed=1)
+        assert epoch == 0 and len(indices) == 4
+        seen += indices
+    assert set(seen) == set(range(10))
+    assert step_indices(3, 10, 4, seed=1)[1] == 1
+    assert step_indices(3, 10, 4, seed=1)[0] != step_indices(0, 10, 4, seed=1)[0]
+
+
+def test_confusion_matrix_miou_and_accuracy():
+    cm = ConfusionMatrix(3)
+    truth = torch.tensor([0, 0, 1, 1, -1])
+    pred = torch.tensor([0, 1, 1, 1, 2])
+    cm.update(pred, truth)
+    # class 0: 1 / 2; class 1: 2 / 3; class 2 never occurs (ignored pixel) -> left out
+    assert cm.miou() == pytest.approx((0.5 + 2 / 3) / 2)
+    assert cm.accuracy() == pytest.approx(0.75)
+
+
+def test_evaluate_two_class_pixel_error_and_abstention():
+    from rawks_triton.training.data import Sample
+
+    class Two(list):
+        num_labels = 2
+        has_masks = True
+
+    mask = torch.zeros(6, 8, dtype=torch.int64)
+    mask[:, 4:] = 1
+    mask[0, 0] = -1
+    scribbles = torch.full((6, 8), -1)
+    scribbles[:, 0] = 0
+    scribbles[:, 7] = 1
+    data = Two([Sample("s", torch.rand(3, 6, 8), scribbles, mask)])
+    wall = lambda image: torch.where(torch.arange(8) == 4, 30.0, 1e-6).expand(image.shape[0], 1, 6, 8)  # noqa: E731
+    metrics = evaluate(data, q_net=None, b_net=wall)
+    assert metrics["p_pixel_error"] == pytest.approx(0.0) and metrics["p_miou"] == pytest.approx(100.0)
+    assert 0 <= metrics["abstained"] < 100 and "q_miou" not in metrics
+
+
+def test_reach_penalty_is_finite_and_reaches_the_boundary():
+    from rawks_triton.training.propagate import PropagationSettings, propagate_scribbles
+
+    boundary = torch.full((2, 1, 9, 11), 1e-3, requires_grad=True)
+    scribbles = torch.full((2, 9, 11), -1)
+    scribbles[0, 2, 2:6] = 0
+    scribbles[0, 7, 5:9] = 1
+    _, _, result = propagate_scribbles(boundary, scribbles, 2, PropagationSettings())
+    penalty = reach_penalty(result)
+    assert penalty.shape == (2,) and float(penalty[1]) == 0.0  # no scribbles, no penalty
+    penalty.sum().backward()
+    assert math.isfinite(float(penalty[0])) and float(penalty[0]) > 0
+    assert bool((boundary.grad[0] > 0).any()) and torch.all(boundary.grad[1] == 0)
