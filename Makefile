@@ -20,4 +20,4 @@ test: install-test
 demo:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
 	$(PYTHON) -m pip install -e ".[train]"
-	rawks demo
+	$(PYTHON) -m rawks_triton.cli demo

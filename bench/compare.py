@@ -1,8 +1,8 @@
 """Side-by-side comparison with the tools people use today, in one run on one machine.
 
-    python -m bench.compare                         # Grady 64..1024 and the RAWKS figure, on this machine
-    python -m bench.compare --sizes 64,128 --repeats 3
-    python -m bench.compare --smoke --out /tmp/x    # a tiny run (what the test suite checks)
+    python -m bench.compare --threads 1 --write-docs  # Grady 64..1024 and the RAWKS figure -> docs/
+    python -m bench.compare --sizes 64,128 --repeats 3 --methods "torch f32,cg_j"
+    python -m bench.compare --smoke --out /tmp/x      # a tiny run (what the test suite checks)
 
 Grady's model (scikit-image's random walker, 3 labels by default): the same scenes at
 the same tolerance, solved by this library's ``random_walker`` on each available
@@ -18,8 +18,10 @@ random-walk solve on a CPU (Vernaza and Chandraker, CVPR 2017).
 
 Writes ``compare-<device>.csv`` (one row per method and problem), ``compare-<device>.json``
 (machine, date, versions) and ``compare-<device>.png`` (Grady: time against pixels, log-log)
-to ``--out``; prints the tables. Peers that are not installed (``pip install -e .[bench]``)
-are left out with a note.
+to ``--out``; prints the tables, and with ``--write-docs`` writes them into
+docs/benchmarks.md between its ``<!-- compare-<device>...:begin/end -->`` markers, with the
+issue's targets (met or not) and every size and peer where this library is slower. Peers
+that are not installed (``pip install -e .[bench]``) are left out with a note.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import importlib
 import json
 import math
 import platform
+import shlex
 import statistics
 import time
 import warnings
@@ -70,6 +73,8 @@ from rawks_triton.reference import assemble_matrix
 
 PAPER_RAWKS_MS = 800.0  # RAWKS paper: random-walk solve per 128 x 96 image, CPU, 21 labels
 PEERS = ("skimage cg_j", "skimage cg_mg", "skimage bf", "scipy spsolve")
+TARGET_VS_CG_J = 1.2  # issue 4: the torch backend within 1.2x of scikit-image cg_j at every size
+TARGET_RAWKS_MS = 80.0  # issue 4: RAWKS forward + backward, 128 x 96, 21 labels, CPU
 CLOCK = {"name": "wall"}  # "wall" or "cpu": the clock of medians, ratios and the plot (``--clock``)
 
 
@@ -81,6 +86,7 @@ class Measurement:
     width: int
     labels: int
     tol: float
+    beta: float = math.nan
     times: list = field(default_factory=list)  # seconds of wall-clock time, timed repeats
     cpu_times: list = field(default_factory=list)  # seconds of CPU time of this process (all its threads)
     iterations: str = ""  # e.g. "412" (largest over the labels) or "" for direct solvers
@@ -223,6 +229,8 @@ def grady_methods(tol: float, beta: float):
             prob, result = random_walker_with_stats(
                 data, torch.from_numpy(markers).to(device), beta=beta, mode=mode, tol=tol, return_full_prob=True, backend=backend
             )
+            if mode == "cg_mg" and result is not None and getattr(result, "preconditioner", "multigrid") != "multigrid":
+                raise RuntimeError(f"backend {backend!r} ran cg_mg without its multigrid preconditioner")
             iterations = str(int(result.iterations.max())) if result is not None and backend != "scipy" else ""
             return prob.detach().cpu().double().numpy(), iterations
 
@@ -259,27 +267,35 @@ def grady_methods(tol: float, beta: float):
     return methods, note
 
 
-def run_grady(sizes, labels, tol, beta, repeats, budget, log) -> list[Measurement]:
+def run_grady(sizes, labels, tol, beta, repeats, budget, log, only=()) -> list[Measurement]:
     methods, note = grady_methods(tol, beta)
+    if only:
+        methods = {name: fn for name, fn in methods.items() if any(part in name for part in only)}
     if note:
         log(f"note: {note}")
-    over_budget = set()
+    skip = {}  # method -> why it is not run at the larger sizes
     rows = []
     for size in sizes:
         scene = make_scene(size, size, labels)
         image, markers = scene.image, scene.markers
         reference = direct_probabilities(image, markers, beta)
         for name, method in methods.items():
-            row = Measurement("grady", name, size, size, labels, tol)
+            row = Measurement("grady", name, size, size, labels, tol, beta)
             rows.append(row)
-            if name in over_budget:
-                row.note = "skipped: over the time budget at a smaller size"
+            if name in skip:
+                row.note = skip[name]
                 continue
             first_fn, timed_fn = method if isinstance(method, tuple) else (method, method)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # probability-range warnings alike for every method
                 cpu_start = time.process_time()
-                (prob, iterations), first = first_call(lambda: first_fn(image, markers))
+                try:
+                    (prob, iterations), first = first_call(lambda: first_fn(image, markers))
+                except (RuntimeError, ValueError, MemoryError) as err:  # one method failing ends none of the others
+                    row.note = f"failed: {type(err).__name__}: {err}"
+                    skip[name] = "skipped: failed at a smaller size"
+                    log(f"  grady {size}x{size} {name}: {row.note}")
+                    continue
                 if first < budget:
                     row.times, row.cpu_times = timed_calls(lambda: timed_fn(image, markers), repeats, budget, first)
                 else:  # too slow to repeat: the warm-up run is the measurement
@@ -288,7 +304,7 @@ def run_grady(sizes, labels, tol, beta, repeats, budget, log) -> list[Measuremen
             row.max_prob_diff = float(np.abs(prob - reference).max())
             if first >= budget:
                 row.note = "one run (over the time budget)"
-                over_budget.add(name)
+                skip[name] = f"skipped: over the time budget ({budget:g} s) at a smaller size"
             log(f"  grady {size}x{size} {name:28s} {row.median * 1e3:10.1f} ms  iterations {iterations or '-':>5s}  "
                 f"max |P - P_direct| {row.max_prob_diff:.1e}")
     return rows
@@ -357,7 +373,7 @@ def run_rawks(height, width, labels, tol, repeats, budget, log) -> list[Measurem
 # ---- output ----
 
 
-def machine_info() -> dict:
+def machine_info(argv=None) -> dict:
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -375,6 +391,8 @@ def machine_info() -> dict:
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or "their default",
+        "command": "python -m bench.compare " + shlex.join(sys.argv[1:] if argv is None else argv),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "platform": platform.platform(),
         "rawks_triton": rt.__version__,
@@ -406,61 +424,158 @@ def spread(row: Measurement) -> str:
     return f"{min(chosen) * 1e3:.1f}-{max(chosen) * 1e3:.1f}"
 
 
-def format_tables(rows: list[Measurement], info: dict) -> str:
+def machine_lines(info: dict) -> list[str]:
     clock = "CPU time of the process" if CLOCK["name"] == "cpu" else "wall-clock time"
-    lines = [
-        f"machine: {info['cpu']} ({info['cpu_count']} cores), torch threads {info['torch_threads']}, GPU {info['gpu']}",
-        f"date: {info['date']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
-        f"clock: {clock} (medians, spreads and speed-ups); the other clock's median is in its own column",
-        "",
-    ]
-    other = "wall ms" if CLOCK["name"] == "cpu" else "CPU ms"
+    return [
+        f"- machine: {info['cpu']} ({info['cpu_count']} cores), GPU: {info['gpu']}",
+        f"- threads: torch {info['torch_threads']}; BLAS/OpenMP {info['blas_threads']}",
+        f"- date: {info['date']}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        f"- clock: {clock} (medians, spreads and speed-ups; the other clock's median has its own column)",
+        f"- command: `{info['command']}`",
+    ] + ([f"- note: {info['note']}"] if info.get("note") else [])
 
-    def other_median(row):
-        return row.wall_median if CLOCK["name"] == "cpu" else row.cpu_median
-    speedups = ratios(rows)
+
+def _other_clock(row: Measurement) -> float:
+    return row.wall_median if CLOCK["name"] == "cpu" else row.cpu_median
+
+
+def grady_lines(rows: list[Measurement]) -> list[str]:
     grady = [r for r in rows if r.section == "grady"]
-    if grady:
-        tol, labels = grady[0].tol, grady[0].labels
-        lines += [
-            f"Grady model (scikit-image weights, beta 130), {labels} labels, tol {tol:g}; time in ms "
-            f"(median, min-max over the repeats); speed-up = peer time / this time (> 1: faster)",
-            "",
-            f"| size | method | median ms | spread ms | runs | {other} | iterations | max abs P diff to direct | "
-            + " | ".join(f"vs {p}" for p in PEERS) + " |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in PEERS) + " |",
-        ]
-        for row in grady:
-            if not row.times:
-                lines.append(
-                    f"| {row.height}x{row.width} | {row.method} | - | - | 0 | - | - | - | "
-                    + " | ".join("" for _ in PEERS) + f" | {row.note}"
-                )
-                continue
-            ratio = speedups.get((row.method, row.height, row.width), {})
-            lines.append(
-                f"| {row.height}x{row.width} | {row.method} | {row.median * 1e3:.1f} | {spread(row)} | {len(row.times)} | "
-                f"{other_median(row) * 1e3:.1f} | {row.iterations or '-'} | {row.max_prob_diff:.1e} | "
-                + " | ".join(f"{ratio[p]:.2f}x" if p in ratio else "" for p in PEERS) + " |"
-            )
-        lines.append("")
+    if not grady:
+        return []
+    other = "wall ms" if CLOCK["name"] == "cpu" else "CPU ms"
+    speedups = ratios(rows)
+    lines = [
+        f"Grady model (scikit-image's weights, beta {grady[0].beta:g}), {grady[0].labels} labels, tol {grady[0].tol:g}, "
+        "one image per call; time in ms (median, min-max over the repeats); speed-up = peer time / this time "
+        "(> 1: this library is faster). \"P diff\": the largest |P - P_direct| over the pixels.",
+        "",
+        f"| size | method | median ms | spread ms | runs | {other} | iterations | P diff | "
+        + " | ".join(f"vs {p}" for p in PEERS) + " |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in PEERS) + " |",
+    ]
+    for row in grady:
+        size = f"{row.height}x{row.width}"
+        if not row.times:
+            lines.append(f"| {size} | {row.method} ({row.note}) | - | - | 0 | - | - | - | " + " | ".join("" for _ in PEERS) + " |")
+            continue
+        ratio = speedups.get((row.method, row.height, row.width), {})
+        note = f" ({row.note})" if row.note else ""
+        lines.append(
+            f"| {size} | {row.method}{note} | {row.median * 1e3:.1f} | {spread(row)} | {len(row.times)} | "
+            f"{_other_clock(row) * 1e3:.1f} | {row.iterations or '-'} | {row.max_prob_diff:.1e} | "
+            + " | ".join(f"{ratio[p]:.2f}x" if p in ratio else "" for p in PEERS) + " |"
+        )
+    return lines
+
+
+def rawks_lines(rows: list[Measurement]) -> list[str]:
     rawks = [r for r in rows if r.section == "rawks"]
-    if rawks:
-        r0 = rawks[0]
-        lines += [
-            f"RAWKS model, {r0.height}x{r0.width}, {r0.labels} labels, rtol {r0.tol:g}, one image; the paper: "
-            f"{PAPER_RAWKS_MS:.0f} ms for the random-walk solve on a CPU",
-            "",
-            f"| method | median ms | spread ms | runs | {other} | iterations (forward + adjoint) | "
-            "max abs P diff to direct (where sum Z >= 0.01) | paper / this |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    if not rawks:
+        return []
+    other = "wall ms" if CLOCK["name"] == "cpu" else "CPU ms"
+    r0 = rawks[0]
+    lines = [
+        f"RAWKS model, {r0.height}x{r0.width}, {r0.labels} labels, rtol {r0.tol:g}, one image per call; the paper: "
+        f"{PAPER_RAWKS_MS:.0f} ms for the random-walk solve alone, per image, on a CPU. \"P diff\": the largest "
+        "|P - P_direct| where the direct solution's total weight sum_l Z_l is at least 0.01 (P is not determined "
+        "to better than rtol / sum_l Z_l elsewhere, docs/numerics.md).",
+        "",
+        f"| method | median ms | spread ms | runs | {other} | iterations (forward + adjoint) | P diff | paper / this |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rawks:
+        lines.append(
+            f"| {row.method} | {row.median * 1e3:.1f} | {spread(row)} | {len(row.times)} | {_other_clock(row) * 1e3:.1f} | "
+            f"{row.iterations or '-'} | {row.max_prob_diff:.1e} | {PAPER_RAWKS_MS / (row.median * 1e3):.1f}x |"
+        )
+    return lines
+
+
+def finding_lines(rows: list[Measurement]) -> list[str]:
+    """The issue's targets, met or not, and every (size, peer) where this library is slower."""
+    lines = []
+    by_key = {(r.section, r.method, r.height, r.width): r for r in rows if r.times}
+    sizes = sorted({(r.height, r.width) for r in rows if r.section == "grady"}, key=lambda s: s[0] * s[1])
+    for ours in ("rawks torch f64", "rawks torch f32"):
+        checked = [
+            (f"{h}x{w}", by_key[("grady", ours, h, w)].median / by_key[("grady", "skimage cg_j", h, w)].median)
+            for h, w in sizes
+            if ("grady", ours, h, w) in by_key and ("grady", "skimage cg_j", h, w) in by_key
         ]
-        for row in rawks:
+        if checked:
+            missed = [f"{size} ({ratio:.2f}x)" for size, ratio in checked if ratio > TARGET_VS_CG_J]
+            verdict = "met at every size measured" if not missed else "NOT met at " + ", ".join(missed)
             lines.append(
-                f"| {row.method} | {row.median * 1e3:.1f} | {spread(row)} | {len(row.times)} | {other_median(row) * 1e3:.1f} | "
-                f"{row.iterations or '-'} | {row.max_prob_diff:.1e} | {PAPER_RAWKS_MS / (row.median * 1e3):.1f}x |"
+                f"- Target \"{ours} within {TARGET_VS_CG_J}x of skimage cg_j\" (time ratio this / cg_j, "
+                f"{', '.join(f'{s}: {r:.2f}' for s, r in checked)}): {verdict}."
             )
-    return "\n".join(lines)
+    rawks_fb = [r for r in rows if r.section == "rawks" and r.method.endswith("forward+backward") and r.times]
+    if rawks_fb:
+        r0 = rawks_fb[0]
+        setting = (r0.height, r0.width, r0.labels) == (96, 128, 21)
+        results = ", ".join(
+            f"{r.method.removesuffix(' forward+backward')} {r.median * 1e3:.1f} ms"
+            + (" (met)" if r.median * 1e3 < TARGET_RAWKS_MS else " (NOT met)")
+            for r in rawks_fb
+        )
+        lines.append(
+            f"- Target \"RAWKS forward+backward, 128x96, 21 labels, CPU, under {TARGET_RAWKS_MS:.0f} ms\": "
+            + (results if setting else f"not measured (this run: {r0.height}x{r0.width}, {r0.labels} labels)") + "."
+        )
+    speedups = ratios(rows)
+    slower = {}  # method -> peer -> ["size (speed-up)"]
+    for (method, height, width), ratio in speedups.items():
+        for peer, value in ratio.items():
+            if value < 1:
+                slower.setdefault(method, {}).setdefault(peer, []).append(f"{height}x{width} ({value:.2f}x)")
+    if slower:
+        lines.append("- Slower than a peer (speed-up < 1, by size):")
+        for method, peers in slower.items():
+            lines.append(f"  - {method}: " + "; ".join(f"vs {peer} at {', '.join(at)}" for peer, at in peers.items()))
+    elif speedups:
+        lines.append("- Slower than a peer: nowhere in this run.")
+    return lines
+
+
+def format_tables(rows: list[Measurement], info: dict) -> str:
+    parts = [machine_lines(info), grady_lines(rows), rawks_lines(rows), finding_lines(rows)]
+    return "\n\n".join("\n".join(p) for p in parts if p)
+
+
+def doc_blocks(rows: list[Measurement], info: dict, device: str) -> dict:
+    """Marker name -> generated markdown, for ``--write-docs``."""
+    return {
+        f"compare-{device}-machine": "\n".join(machine_lines(info)),
+        f"compare-{device}": "\n".join(grady_lines(rows)),
+        f"rawks-paper-{device}": "\n".join(rawks_lines(rows)),
+        f"compare-{device}-findings": "\n".join(finding_lines(rows)),
+    }
+
+
+def write_docs(path: str, blocks: dict) -> list[str]:
+    """Replace the text between ``<!-- name:begin -->`` and ``<!-- name:end -->`` for each block.
+
+    Blocks whose markers the file lacks are appended at its end, inside new markers.
+    Returns the names that were appended.
+    """
+    with open(path) as f:
+        text = f.read()
+    appended = []
+    for name, block in blocks.items():
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+        replacement = f"{begin}\n{block or 'Not measured in this run.'}\n{end}"
+        if begin in text and end in text and text.index(begin) < text.index(end):
+            head, rest = text.split(begin, 1)
+            _, tail = rest.split(end, 1)
+            text = head + replacement + tail
+        else:
+            text = text.rstrip("\n") + "\n\n" + replacement + "\n"
+            appended.append(name)
+    with open(path, "w") as f:
+        f.write(text)
+    return appended
 
 
 def write_csv(rows: list[Measurement], path: str) -> None:
@@ -508,7 +623,11 @@ def plot(rows: list[Measurement], path: str, info: dict) -> bool:
     ax.set_xlabel("pixels")
     ax.set_ylabel(f"{'CPU' if CLOCK['name'] == 'cpu' else 'wall-clock'} time per image (s), median and min-max")
     r0 = grady[0]
-    ax.set_title(f"Grady random walker, {r0.labels} labels, tol {r0.tol:g}\n{info['cpu']}, torch threads {info['torch_threads']}", fontsize=9)
+    ax.set_title(
+        f"Grady random walker, {r0.labels} labels, tol {r0.tol:g}\n"
+        f"{info['cpu']}, torch threads {info['torch_threads']}, {info['date'][:10]}",
+        fontsize=9,
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -524,7 +643,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tol", type=float, default=1e-4, help="relative residual tolerance of every iterative solver")
     parser.add_argument("--beta", type=float, default=130.0)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per method and size (fewer within --budget)")
-    parser.add_argument("--budget", type=float, default=120.0, help="seconds of timed runs per method and size")
+    parser.add_argument("--budget", type=float, default=30.0, help="seconds of timed runs per method and size")
     parser.add_argument("--rawks-shape", default="96x128", help="H x W of the RAWKS comparison")
     parser.add_argument("--rawks-labels", type=int, default=21)
     parser.add_argument("--out", default=os.path.join("docs", "figures"), help="folder for the CSV, JSON and PNG")
@@ -539,6 +658,15 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny run that checks the script works")
     parser.add_argument("--skip-grady", action="store_true")
     parser.add_argument("--skip-rawks", action="store_true")
+    parser.add_argument(
+        "--methods", default="",
+        help="comma-separated substrings: only the Grady methods whose name contains one (e.g. 'f32,skimage')",
+    )
+    parser.add_argument("--note", default="", help="a line about the run for the tables' header (e.g. 'machine shared')")
+    parser.add_argument(
+        "--write-docs", nargs="?", const=os.path.join("docs", "benchmarks.md"), default=None, metavar="PATH",
+        help="also write the tables into PATH (default docs/benchmarks.md) between its <!-- NAME:begin/end --> markers",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.sizes, args.repeats, args.budget, args.rawks_shape, args.rawks_labels = "24", 1, 5.0, "12x16", 3
@@ -554,11 +682,13 @@ def main(argv=None) -> int:
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
-    info = machine_info()
+    info = machine_info(argv)
+    info["note"] = args.note
     log(f"{info['cpu']}, torch threads {info['torch_threads']}, GPU {info['gpu']}")
     rows = []
     if not args.skip_grady:
-        rows += run_grady(sizes, args.labels, args.tol, args.beta, args.repeats, args.budget, log)
+        methods = [m for m in args.methods.split(",") if m]
+        rows += run_grady(sizes, args.labels, args.tol, args.beta, args.repeats, args.budget, log, methods)
     if not args.skip_rawks:
         rows += run_rawks(rawks_height, rawks_width, args.rawks_labels, args.tol, args.repeats, args.budget, log)
     print(format_tables(rows, info))
@@ -567,6 +697,9 @@ def main(argv=None) -> int:
         json.dump(dict(info, arguments=vars(args)), f, indent=2)
     plotted = plot(rows, stem + ".png", info)
     log(f"wrote {stem}.csv, {stem}.json" + (f", {stem}.png" if plotted else " (no plot: matplotlib missing or no Grady rows)"))
+    if args.write_docs:
+        appended = write_docs(args.write_docs, doc_blocks(rows, info, device))
+        log(f"wrote the tables into {args.write_docs}" + (f" (markers appended: {', '.join(appended)})" if appended else ""))
     return 0
 
 

@@ -254,14 +254,15 @@ def report(stats: SolveStats, options: SolverOptions, what: str, image_index, la
     worst = int(torch.argmax(torch.where(failed, stats.residual, torch.zeros_like(stats.residual))))
     if stats.hit_maxiter:
         reason = f"maximum number of iterations reached (maxiter={stats.maxiter})"
+        advice = "Increase `maxiter`, use preconditioner='multigrid', or loosen `rtol`."
     else:
         reason = "the true residual stalled above the tolerance (rounding-error floor)"
+        advice = "More iterations will not help: loosen `rtol` or solve in float64 (docs/numerics.md)."
     message = (
         f"random-walk {what} solve did not converge for {int(failed.sum())} of {failed.numel()} systems: "
         f"{reason}; worst final relative residual "
         f"{float(stats.residual[worst]):.3e} (image {int(image_index[worst])}, label {int(label_index[worst])}) "
-        f"against rtol={options.rtol:g}, atol={options.atol:g}. Increase `maxiter`, loosen `rtol`, "
-        f"or solve in float64 if rtol is near the float32 precision."
+        f"against rtol={options.rtol:g}, atol={options.atol:g}. {advice}"
     )
     if options.strict:
         raise ConvergenceError(message)

@@ -8,7 +8,7 @@
 
 Under ``torchrun --nproc_per_node=K -m rawks_triton.cli train ...`` the training runs
 with DistributedDataParallel (see :mod:`rawks_triton.training.distributed`).
-docs/trainer.md describes every option.
+docs/training.md describes every option.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,7 @@ def _add_data_arguments(parser, required_root=False):
     parser.add_argument("--data", choices=("synthetic", "folder", "grabcut", "acdc", "scribblesup"))
     parser.add_argument("--data-root")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a loader option, e.g. scribble_set=scribbles-set-2 (repeatable; see docs/trainer.md)")
+                        help="a loader option, e.g. scribble_set=scribbles-set-2 (repeatable; see docs/training.md)")
 
 
 def _options(pairs) -> dict:
@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--threads", type=int)
     ev.add_argument("--figures", type=int, default=0, help="write a figure of this many images per split")
+    ev.add_argument("--propagation-scale", type=float, help="propagate at this fraction of the resolution (default: the checkpoint's)")
     ev.add_argument("--out", help="folder for eval.json and figures (default: the checkpoint's folder)")
     ev.add_argument("--no-progress", action="store_true")
 
@@ -170,6 +171,8 @@ def cmd_eval(args) -> int:
         torch.set_num_threads(args.threads)
     payload = load_checkpoint(args.checkpoint)
     config, q_net, b_net, meta = networks_from_checkpoint(payload, args.device)
+    if args.propagation_scale is not None:
+        config = replace(config, propagation_scale=args.propagation_scale).validate()
     data = args.data or config.data
     root = args.data_root if args.data else config.data_root
     options = _options(args.data_option) if args.data else config.data_options
@@ -185,7 +188,8 @@ def cmd_eval(args) -> int:
             results[split] = evaluate(dataset, q_net, b_net, config.propagation, config.alpha, args.device, not args.no_progress, f"eval {split}")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "data": data, "metrics": results}, indent=2))
+    record = {"checkpoint": str(args.checkpoint), "data": data, "data_options": options, "propagation_scale": config.propagation_scale, "metrics": results}
+    (out / "eval.json").write_text(json.dumps(record, indent=2))
     if args.figures:
         _eval_figures(out, splits, q_net, b_net, config, args)
     print(format_table({Path(args.checkpoint).parent.name: results}))
@@ -194,20 +198,12 @@ def cmd_eval(args) -> int:
 
 
 def _eval_figures(out, splits, q_net, b_net, config, args):
-    from .training.evaluate import predict
-    from .training.figures import save_panels
+    from .training.figures import figure_rows, save_panels
 
     for split, dataset in (("train", splits.train), ("val", splits.val)):
         if dataset is None:
             continue
-        rows = []
-        for i in range(min(args.figures, len(dataset))):
-            s = dataset[i]
-            p = predict([s], splits.num_labels, q_net, b_net, config.propagation, config.alpha, args.device)
-            row = {"image": s.image, "scribbles": s.scribbles, "mask": s.mask, "q_logits": p["q_logits"][0]}
-            if "P" in p:
-                row.update(boundary=p["boundary"][0, 0], P=p["P"][0], weight=p["weight"][0])
-            rows.append(row)
+        rows = figure_rows(dataset, args.figures, q_net, b_net, config.propagation, config.alpha, args.device)
         path = save_panels(out / f"eval_{split}.png", rows, f"{Path(args.checkpoint).parent.name}: {split} split")
         print(f"wrote {path}")
 

@@ -20,18 +20,21 @@ and the exact order of operations that the Triton kernels reproduce):
   by 2), while the excess (mass) part is already right: one coarse operator serves both the
   Laplacian-like Grady systems and the strongly killed RAWKS systems, with no
   over-correction factor.
-* Symmetric V-cycle with ``smoothing_steps`` damped-Jacobi steps (weight
-  ``jacobi_weight``) before and after the coarse correction, and an exact (pseudo-)inverse
-  of the coarsest level, precomputed densely. The cycle is a fixed linear map, symmetric
-  and positive definite on the free pixels, so conjugate gradients stay conjugate
-  gradients.
+* Symmetric V-cycle (or W-cycle, ``cycle="W"``) with ``smoothing_steps`` damped-Jacobi
+  steps (weight ``jacobi_weight``) before and after the coarse correction, the correction
+  optionally scaled by ``correction_scale``, and an exact inverse of the coarsest level on
+  its grounded components, precomputed densely (Cholesky). The cycle is a fixed linear
+  map, symmetric and positive definite on the free pixels (``MultigridOptions`` refuses
+  scalings that would break that), so conjugate gradients stay conjugate gradients.
 
-Layout: each level stores per-image coefficients flat, as [G, 1, hs * ws] with (hs, ws)
-the level's size rounded up to even (zero coefficients in the padding), and vectors as
-[G, k, hs * ws]: k systems of one image share the coefficients by broadcasting. In flat
-layout the right/left neighbours are offsets +-1 (the right edge weight is 0 in the last
-column, so rows never mix) and the up/down neighbours offsets +-ws, so each stencil pass
-is a handful of in-place torch ops over contiguous memory with preallocated buffers.
+Layout: each level of h x w unknowns is stored in a frame of (h + 2) x (w + 2) with a zero
+border, flattened (level 0 is how the torch backend stores its vectors, and shares its
+coefficients). Coefficients are [G, 1, n] per image and vectors [G, k, n]: the k systems
+of an image share the coefficients by broadcasting. The right/left neighbours are offsets
++-1 (the right edge weight is 0 in the last column, so rows never mix) and the up/down
+neighbours offsets +-(w + 2), so each stencil pass is a handful of in-place torch ops over
+contiguous memory with preallocated buffers. An odd last row or column is aggregated with
+the border, which takes no part.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .coefficients import degree
 from .systems import Stencil
 
 
@@ -52,6 +56,25 @@ class MultigridOptions:
     jacobi_weight: float = 0.8
     coarse_edge_scale: float = 0.5
     coarsest_pixels: int = 64  # stop coarsening when a level has at most this many (padded) pixels
+    correction_scale: float = 1.0  # the prolongated coarse correction is multiplied by it (over-correction)
+    cycle: str = "V"  # "V": one coarse cycle per level; "W": two
+
+    def __post_init__(self):
+        if self.cycle not in ("V", "W"):
+            raise ValueError(f"`cycle` must be 'V' or 'W', got {self.cycle!r}")
+        # The coarse operator is >= min(1, coarse_edge_scale) times the Galerkin product, so the
+        # coarse correction is at most correction_scale / min(1, coarse_edge_scale) times the
+        # exact one; up to 2 the cycle stays a contraction in the energy norm, hence SPD.
+        limit = 2.0 * min(1.0, self.coarse_edge_scale)
+        if not 0.0 < self.correction_scale <= limit:
+            raise ValueError(
+                f"`correction_scale` must lie in (0, 2 min(1, coarse_edge_scale)] = (0, {limit:g}] for a positive "
+                f"definite cycle, got {self.correction_scale}"
+            )
+        if self.coarse_edge_scale <= 0:
+            raise ValueError(f"`coarse_edge_scale` must be > 0, got {self.coarse_edge_scale}")
+        if self.smoothing_steps < 1:
+            raise ValueError(f"`smoothing_steps` must be at least 1, got {self.smoothing_steps}")
 
 
 FRAME = 1  # level 0: the image with a one-pixel zero border, as the torch backend stores vectors
@@ -66,20 +89,13 @@ class Level:
     diag: torch.Tensor
     right: torch.Tensor
     down: torch.Tensor
-    weighted_inv_diag: torch.Tensor  # jacobi_weight / diag on unknowns with diag > 0, else 0
+    inv_diag: torch.Tensor  # 1 / diag on unknowns with diag > 0, else 0
     prolongation: torch.Tensor | None = None  # p_i in {0, 1}; None on the coarsest level
     coarsest_inverse: torch.Tensor | None = None  # [G, n, n] on the coarsest level
 
     @property
     def size(self) -> int:
         return (self.height + 2 * FRAME) * (self.width + 2 * FRAME)
-
-
-def degree(right: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """Sum of the edge weights at every pixel of [..., H, W] edge tensors."""
-    left = F.pad(right[..., :, :-1], (1, 0))
-    up = F.pad(down[..., :-1, :], (0, 0, 1, 0))
-    return right + left + down + up
 
 
 def block_corners(t: torch.Tensor):
@@ -146,9 +162,9 @@ def coarsen(excess, right, down, active, edge_scale: float):
     return p, coarse_excess, coarse_right, coarse_down
 
 
-def _weighted_inverse(diag: torch.Tensor, weight: float) -> torch.Tensor:
+def _inverse(diag: torch.Tensor) -> torch.Tensor:
     positive = diag > 0
-    return torch.where(positive, weight / torch.where(positive, diag, torch.ones_like(diag)), torch.zeros_like(diag))
+    return torch.where(positive, 1.0 / torch.where(positive, diag, torch.ones_like(diag)), torch.zeros_like(diag))
 
 
 def dense_matrix(diag: torch.Tensor, right: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
@@ -168,27 +184,40 @@ def dense_matrix(diag: torch.Tensor, right: torch.Tensor, down: torch.Tensor) ->
     return A
 
 
-def pseudo_inverse(A: torch.Tensor) -> torch.Tensor:
-    """Symmetric pseudo-inverse of a batch of symmetric positive semi-definite matrices.
+def coarsest_inverse(A: torch.Tensor) -> torch.Tensor:
+    """Inverse of a batch of symmetric diagonally dominant M-matrices on their grounded part.
 
-    Eigenvalues at or below n * eps * the largest are treated as 0: zero rows (padding,
-    empty aggregates) and the constant mode of a component that no seed reaches.
+    Unknowns with a zero row (the frame, padding, empty aggregates) and components without
+    any excess (a Grady component that no seed reaches: a singular Laplacian block) get zero
+    rows and columns; every other component is inverted through a Cholesky factorisation.
+    For an M-matrix the factor's inverse is non-negative and computed without cancellation,
+    so the entries of the inverse are accurate relative to themselves, also the tiny ones
+    between distant pixels of a strongly killed (RAWKS) system. An eigendecomposition only
+    gets them to eps times the largest entry, which P = Z / sum Z amplifies where sum Z is
+    small (and which is not a smooth function of the coefficients).
     """
-    eigenvalues, vectors = torch.linalg.eigh(A)
-    cutoff = eigenvalues[:, -1:].clamp(min=0) * (A.shape[-1] * torch.finfo(A.dtype).eps)
-    keep = eigenvalues > cutoff
-    inverse = torch.where(keep, 1.0 / torch.where(keep, eigenvalues, torch.ones_like(eigenvalues)), torch.zeros_like(eigenvalues))
-    return (vectors * inverse.unsqueeze(1)) @ vectors.transpose(1, 2)
-
+    n = A.shape[-1]
+    diag = torch.diagonal(A, dim1=-2, dim2=-1)
+    reach = connected(A)
+    component_excess = reach @ torch.clamp(A.sum(dim=-1), min=0.0).unsqueeze(-1)
+    component_diag = reach @ diag.unsqueeze(-1)
+    grounded = ((component_excess > n * torch.finfo(A.dtype).eps * component_diag) & (diag.unsqueeze(-1) > 0)).squeeze(-1)
+    keep = grounded.to(A.dtype)
+    mask = keep.unsqueeze(-1) * keep.unsqueeze(-2)
+    factor, info = torch.linalg.cholesky_ex(A * mask + torch.diag_embed(1.0 - keep))
+    if bool((info != 0).any()):
+        raise RuntimeError(
+            "multigrid: the coarsest operator is not positive definite on its grounded components "
+            "(rounding in a nearly singular system); solve with preconditioner='jacobi' or in float64"
+        )
+    return torch.cholesky_inverse(factor) * mask * reach
 
 
 def connected(A: torch.Tensor) -> torch.Tensor:
-    """1 where unknowns i and j are joined by a path of nonzero entries of A (both with a
-    nonzero diagonal), else 0. Multiplying the coarsest inverse by it makes it exactly
-    block-diagonal over the components (eigh leaves rounding-level entries between them)."""
-    reach = (A != 0).double()
+    """1 where unknowns i and j are joined by a path of nonzero entries of A, else 0."""
+    reach = (A != 0).to(A.dtype)
     for _ in range(max(1, (A.shape[-1] - 1).bit_length())):
-        reach = ((reach @ reach) > 0).double()
+        reach = ((reach @ reach) > 0).to(A.dtype)
     return reach
 
 
@@ -202,13 +231,20 @@ def _pad_even(t: torch.Tensor) -> torch.Tensor:
     return F.pad(t, (0, w % 2, 0, h % 2)) if (h % 2 or w % 2) else t
 
 
-def build_hierarchy(stencil: Stencil, options: MultigridOptions = MultigridOptions()) -> list[Level]:
+def build_hierarchy(
+    stencil: Stencil, options: MultigridOptions = MultigridOptions(), framed: dict | None = None
+) -> list[Level]:
     """The levels of every image of ``stencil``: per-image [N, 1, (h + 2) (w + 2)] coefficients.
 
     Every level is stored in a frame, the h x w grid with a one-pixel zero border, which is
     also how the torch backend stores its vectors at level 0. Aggregation pairs the rows
     and columns of the grid from the top left; an odd last row or column is paired with the
     border, which takes no part.
+
+    ``framed``: the solver's own [N, (H + 2) (W + 2)] "diag", "right", "down" and
+    "inv_diag" of ``stencil`` (the torch backend's ``PaddedStencil.per_image``); level 0
+    then shares them instead of holding copies. Its diagonal is 1 on seeds where level 0's
+    own is 0: the same cycle, since every vector of the cycle is 0 on seeds.
     """
     if options.coarsest_pixels < 1:
         raise ValueError(f"`coarsest_pixels` must be at least 1, got {options.coarsest_pixels}")
@@ -222,18 +258,14 @@ def build_hierarchy(stencil: Stencil, options: MultigridOptions = MultigridOptio
     while True:
         height, width = diag.shape[-2:]
         flat = lambda t: _framed(t).reshape(n_images, 1, -1)  # noqa: E731
-        level = Level(
-            height=height,
-            width=width,
-            diag=flat(diag),
-            right=flat(right),
-            down=flat(down),
-            weighted_inv_diag=flat(_weighted_inverse(diag, options.jacobi_weight) * active),
-        )
+        if not levels and framed is not None:
+            level = Level(height, width, *(framed[name].unsqueeze(1) for name in ("diag", "right", "down", "inv_diag")))
+        else:
+            level = Level(height, width, flat(diag), flat(right), flat(down), flat(_inverse(diag) * active))
         levels.append(level)
         if height * width <= options.coarsest_pixels or (height == 1 and width == 1):
             A = dense_matrix(_framed(diag), _framed(right), _framed(down))
-            level.coarsest_inverse = (pseudo_inverse(A) * connected(A)).to(dtype).contiguous()
+            level.coarsest_inverse = coarsest_inverse(A).to(dtype).contiguous()
             return levels
         p, excess, right, down = coarsen(*(_pad_even(t) for t in (excess, right, down, active)), options.coarse_edge_scale)
         level.prolongation = flat(p[:, :height, :width])
@@ -250,6 +282,8 @@ class MultigridPreconditioner:
     coefficients by broadcasting; otherwise the coefficients are gathered per system and
     vectors are [S, 1, n]. Work buffers are allocated here, once.
     """
+
+    transfer_buffers = True  # the torch transfers need a [.., h', 2 w'] buffer per level
 
     def __init__(self, levels: list[Level], image_index: torch.Tensor, options: MultigridOptions = MultigridOptions()):
         self.options = options
@@ -275,9 +309,13 @@ class MultigridPreconditioner:
         self.x = [None] + [torch.zeros(shape(level), **new) for level in self.levels[1:]]
         self.residual = [torch.zeros(shape(level), **new) for level in self.levels[:-1]]
         self.half = [
-            torch.zeros((self.groups, self.per_group, coarse.height, 2 * coarse.width), **new)
+            torch.zeros((self.groups, self.per_group, coarse.height, 2 * coarse.width), **new) if self.transfer_buffers else None
             for coarse in self.levels[1:]
         ]
+        # W-cycle: the second coarse cycle's right-hand side and result (levels 1 .. coarsest - 1)
+        second = options.cycle == "W"
+        self.rhs2 = [None] + [torch.zeros(shape(level), **new) if second else None for level in self.levels[1:]]
+        self.x2 = [None] + [torch.zeros(shape(level), **new) if second else None for level in self.levels[1:]]
 
     @property
     def frame_size(self) -> int:
@@ -308,32 +346,63 @@ class MultigridPreconditioner:
         return out
 
     def _cycle(self, l: int, rhs: torch.Tensor, x: torch.Tensor) -> None:
-        """x = V-cycle of level l applied to rhs ([G, k, n]; x is overwritten)."""
+        """x = cycle of level l applied to rhs ([G, k, n]; x is overwritten).
+
+        The order of operations; a subclass may replace the five primitives it calls
+        (:mod:`rawks_triton.backends.triton_multigrid` does, with Triton kernels).
+        """
         level = self.levels[l]
         if level.coarsest_inverse is not None:
-            torch.matmul(rhs, level.coarsest_inverse, out=x)
+            self._coarsest(level, rhs, x)
             return
-        res, half = self.residual[l], self.half[l]
-        winv = level.weighted_inv_diag
+        res, steps = self.residual[l], self.options.smoothing_steps
         # pre-smoothing from x = 0
-        torch.mul(winv, rhs, out=x)
-        for _ in range(self.options.smoothing_steps - 1):
-            x.addcmul_(winv, self._residual(level, res, rhs, x))
-        self._residual(level, res, rhs, x)
-        # restriction: the sum of p * res over each 2x2 block, row pairs first, then column pairs
+        self._jacobi(level, x, rhs, first=True)
+        for _ in range(steps - 1):
+            self._jacobi(level, x, self._residual(level, res, rhs, x))
+        self._restrict(l, self._residual(level, res, rhs, x), self.rhs[l + 1])
         coarse = self.levels[l + 1]
+        self._cycle(l + 1, self.rhs[l + 1], self.x[l + 1])
+        if self.options.cycle == "W" and coarse.coarsest_inverse is None:
+            # a second cycle on the coarse residual: x_c += B_c (r_c - A_c x_c), symmetric as
+            # the map r_c -> (2 B_c - B_c A_c B_c) r_c
+            self._residual(coarse, self.rhs2[l + 1], self.rhs[l + 1], self.x[l + 1])
+            self._cycle(l + 1, self.rhs2[l + 1], self.x2[l + 1])
+            self.x[l + 1].add_(self.x2[l + 1])
+        self._prolong(l, self.x[l + 1], x)
+        # post-smoothing
+        for _ in range(steps):
+            self._jacobi(level, x, self._residual(level, res, rhs, x))
+
+    def _coarsest(self, level: Level, rhs, x) -> None:
+        torch.matmul(rhs, level.coarsest_inverse, out=x)
+
+    def _jacobi(self, level: Level, x, r, first: bool = False) -> None:
+        """x += weight D^-1 r (x = weight D^-1 r when ``first``)."""
+        if first:
+            torch.mul(level.inv_diag, r, out=x)
+            x.mul_(self.options.jacobi_weight)
+        else:
+            x.addcmul_(level.inv_diag, r, value=self.options.jacobi_weight)
+
+    def _restrict(self, l: int, res, coarse_rhs) -> None:
+        """coarse_rhs = P^T res: the sum of p * res over each 2x2 block (row pairs, then column pairs)."""
+        level, coarse, half = self.levels[l], self.levels[l + 1], self.half[l]
         blocks = self._blocks(level, coarse)
         res_pairs, p_pairs = blocks(res), blocks(level.prolongation)
         torch.mul(res_pairs[:, :, :, 0], p_pairs[:, :, :, 0], out=half)
         half.addcmul_(res_pairs[:, :, :, 1], p_pairs[:, :, :, 1])
-        torch.add(half[..., 0::2], half[..., 1::2], out=self._interior(coarse, self.rhs[l + 1]))
-        self._cycle(l + 1, self.rhs[l + 1], self.x[l + 1])
-        # prolongation and correction: x += p * (P e)
-        half.view(half.shape[:-1] + (coarse.width, 2)).copy_(self._interior(coarse, self.x[l + 1]).unsqueeze(-1).expand(-1, -1, -1, -1, 2))
-        blocks(x).addcmul_(half.unsqueeze(3), p_pairs)
-        # post-smoothing
-        for _ in range(self.options.smoothing_steps):
-            x.addcmul_(winv, self._residual(level, res, rhs, x))
+        torch.add(half[..., 0::2], half[..., 1::2], out=self._interior(coarse, coarse_rhs))
+
+    def _prolong(self, l: int, coarse_x, x) -> None:
+        """x += correction_scale * P coarse_x."""
+        level, coarse, half = self.levels[l], self.levels[l + 1], self.half[l]
+        blocks = self._blocks(level, coarse)
+        pairs = half.view(half.shape[:-1] + (coarse.width, 2))
+        pairs.copy_(self._interior(coarse, coarse_x).unsqueeze(-1).expand_as(pairs))
+        if self.options.correction_scale != 1.0:
+            half.mul_(self.options.correction_scale)
+        blocks(x).addcmul_(half.unsqueeze(3), blocks(level.prolongation))
 
     @staticmethod
     def _interior(level: Level, t: torch.Tensor) -> torch.Tensor:
@@ -357,7 +426,7 @@ def _select(level: Level, index: torch.Tensor) -> Level:
     pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
     return Level(
         level.height, level.width, pick(level.diag), pick(level.right), pick(level.down),
-        pick(level.weighted_inv_diag), pick(level.prolongation), pick(level.coarsest_inverse),
+        pick(level.inv_diag), pick(level.prolongation), pick(level.coarsest_inverse),
     )
 
 

@@ -15,13 +15,13 @@ from torch import nn
 
 from . import _checks
 from .autograd import RandomWalkSolve, SolveRecord
-from .backends import BACKENDS, get_backend, resolve_backend
+from .backends import BACKENDS, choose_solver, get_backend
 from .cg import SolverOptions
 from .coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
 from .systems import compact_labels
 
 MODELS = ("rawks", "grady")
-PRECONDITIONERS = ("jacobi", "multigrid")
+PRECONDITIONERS = ("jacobi", "multigrid")  # what preconditioner="auto" chooses from
 
 
 def reach_threshold(dtype: torch.dtype, min_weight: float = 0.0) -> float:
@@ -62,6 +62,7 @@ class PropagationResult:
     converged: torch.Tensor  # [S] bool
     backend: str
     model: str
+    preconditioner: str = "jacobi"  # "jacobi" or "multigrid" (CG backends), "none" ("scipy")
     _record: SolveRecord = field(default_factory=SolveRecord, repr=False)
 
     @property
@@ -139,7 +140,7 @@ def _check_options(
     _checks.check_int("num_labels", num_labels, minimum=1)
     _checks.check_choice("model", model, MODELS)
     _checks.check_choice("backend", backend, BACKENDS)
-    _checks.check_choice("preconditioner", preconditioner, PRECONDITIONERS)
+    _checks.check_choice("preconditioner", preconditioner, ("auto",) + PRECONDITIONERS)
     rtol = _checks.check_nonnegative_real("rtol", rtol)
     atol = _checks.check_nonnegative_real("atol", atol)
     if maxiter is not None:
@@ -181,7 +182,7 @@ def propagate(
     ignore_index: int = -1,
     check_every: int = 8,
     strict: bool = False,
-    preconditioner: str = "jacobi",
+    preconditioner: str = "auto",
     min_weight: float | None = None,
 ) -> PropagationResult:
     """Propagate seed labels to every pixel by random-walk hitting probabilities.
@@ -194,11 +195,18 @@ def propagate(
         model: "rawks" (node costs, d = 4 exp(B), unit edges) or "grady" (conductances).
         rtol, atol: stop a system when ||b - A z|| <= max(rtol ||b||, atol).
         maxiter: iteration limit of the CG solves (default 10 (H + W) + 1000).
-        backend: "auto" (triton on CUDA, torch otherwise), "torch", "triton" or "scipy".
+        backend: "auto", "torch", "triton" or "scipy". "auto" picks triton on CUDA; on the
+            CPU the direct solver "scipy" for "grady" images of at most 256 x 256 pixels
+            (384 x 512 with 8 labels or more in an image; when ``preconditioner`` is "auto"
+            too), "torch" otherwise (rule and measurements:
+            docs/multigrid.md).
         ignore_index: the value of unseeded pixels in ``seeds``.
         check_every: iterations between the host's convergence checks.
         strict: raise :class:`ConvergenceError` instead of warning when a solve fails.
-        preconditioner: "jacobi" (diagonal) for the CG backends.
+        preconditioner: for the CG backends, "jacobi" (diagonal), "multigrid" (a symmetric
+            V-cycle, iterations nearly independent of the image size) or "auto": multigrid
+            for the torch backend from 128 x 128 ("grady") or 256 x 256 ("rawks") pixels,
+            Jacobi below and on triton.
         min_weight: pixels whose total weight sum_l Z_l is at or below it are flagged
             unreachable (P uniform over the labels present, zero gradient). Default
             ``rtol``: an iterative solve to ``rtol`` does not resolve weights below it.
@@ -214,12 +222,15 @@ def propagate(
         min_weight = _checks.check_nonnegative_real("min_weight", min_weight)
     scores, edges = _check_boundary(boundary, model)
     seeds = _check_seeds(seeds, scores, num_labels, ignore_index)
-    backend = resolve_backend(backend, scores.device)
-    scores = scores.contiguous()
     n_images, height, width = seeds.shape
+    systems = compact_labels(seeds, num_labels, ignore_index)
+    # labels per image: only the CPU rule uses them (reading them on CUDA would synchronise)
+    labels = int(systems.present.sum(dim=1).max()) if n_images and scores.device.type == "cpu" else 0
+    backend, preconditioner = choose_solver(backend, options.preconditioner, scores.device, height, width, model, labels)
+    options = replace(options, preconditioner=preconditioner)
+    scores = scores.contiguous()
     dtype, device = scores.dtype, scores.device
 
-    systems = compact_labels(seeds, num_labels, ignore_index)
     record = SolveRecord()
     Z = scores.new_zeros((n_images * num_labels, height, width))
     if systems.num_systems:
@@ -258,6 +269,7 @@ def propagate(
         converged=converged,
         backend=backend,
         model=model,
+        preconditioner=preconditioner,
         _record=record,
     )
 
@@ -281,7 +293,7 @@ class RandomWalkPropagation(nn.Module):
         ignore_index: int = -1,
         check_every: int = 8,
         strict: bool = False,
-        preconditioner: str = "jacobi",
+        preconditioner: str = "auto",
         min_weight: float | None = None,
     ):
         super().__init__()

@@ -16,6 +16,7 @@ with the exponent divided by sqrt(C) for multichannel data (``channel_axis`` giv
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from numbers import Integral, Real
@@ -211,7 +212,9 @@ def random_walker(
         spacing: (row, column) pixel spacing (default 1, 1).
         prob_tol: warn when a probability leaves [-prob_tol, 1 + prob_tol].
         channel_axis: the channel axis of multichannel data, or None for grey-level data.
-        backend: this library's backend for the CG modes ("auto", "torch", "triton", "scipy").
+        backend: this library's backend for the CG modes: "auto" (triton for CUDA tensors,
+            torch otherwise; the CG mode asked for is kept), "torch", "triton" or "scipy"
+            (a direct solve, as "bf").
         maxiter: CG iteration limit (default: the library's, 10 (M + N) + 1000).
 
     Returns:
@@ -233,30 +236,16 @@ def random_walker(
     return output
 
 
-def random_walker_with_stats(
-    data,
-    labels,
-    beta=130,
-    mode="cg_j",
-    tol=1.0e-3,
-    copy=True,
-    return_full_prob=False,
-    spacing=None,
-    *,
-    prob_tol=1e-3,
-    channel_axis=None,
-    backend="auto",
-    maxiter=None,
-):
-    """:func:`random_walker`, also returning the solver's :class:`PropagationResult`.
+def random_walker_with_stats(data, labels, *args, **kwargs):
+    """:func:`random_walker` (the same arguments), also returning the solver's :class:`PropagationResult`.
 
     Returns ``(output, result)``; ``result`` is None when nothing was solved (no unknown
     pixel, or none that a seed can reach). ``result.iterations`` / ``result.residual``
     hold the per-label CG statistics.
     """
-    return _solve(
-        data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_tol, channel_axis, backend, maxiter
-    )
+    bound = inspect.signature(random_walker).bind(data, labels, *args, **kwargs)
+    bound.apply_defaults()
+    return _solve(**bound.arguments)
 
 
 def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_tol, channel_axis, backend, maxiter):
@@ -295,30 +284,19 @@ def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_
             f"{values[:5].tolist()}"
         )
     unknown = label_map == 0
-    if not bool(unknown.any()):
-        warnings.warn(
-            "random_walker only segments unlabeled pixels (labels == 0) and `labels` has none; "
-            "returning the labels unchanged.",
-            UserWarning,
-            stacklevel=3,
-        )
-        return _early_return(labels, label_map, values, return_full_prob, image.dtype, copy), None
     negatives = int((values < 0).sum())
     renumbered = torch.searchsorted(values, label_map) - negatives
     num_labels = int((values > 0).sum())
     active = renumbered >= 0
-    if negatives:
-        reachable = _seeded_components(active, renumbered > 0) & unknown
-        if not bool(reachable.any()):
-            warnings.warn(
-                "random_walker: every unlabeled pixel is cut off from the seeds by inactive pixels "
-                "(labels < 0); none can be determined. Returning the labels unchanged.",
-                UserWarning,
-                stacklevel=3,
-            )
-            return _early_return(labels, label_map, values, return_full_prob, image.dtype, copy), None
-    else:
-        reachable = unknown
+    # With inactive pixels, only the unknown pixels connected to a seed can be determined.
+    reachable = _seeded_components(active, renumbered > 0) & unknown if negatives else unknown
+    if not bool(reachable.any()):
+        if not bool(unknown.any()):
+            reason = "random_walker only segments unlabeled pixels (labels == 0) and `labels` has none"
+        else:
+            reason = "random_walker: every unlabeled pixel is cut off from the seeds by inactive pixels (labels < 0)"
+        warnings.warn(f"{reason}; returning the labels unchanged.", UserWarning, stacklevel=3)
+        return _early_return(labels, label_map, values, return_full_prob, image.dtype, copy), None
 
     edges = image_edge_weights(image, beta, spacing, multichannel)
     if negatives:

@@ -2,6 +2,8 @@
 P^T A P from the scipy reference, no leakage into unreachable components, and
 propagate(..., preconditioner="multigrid") against the exact reference, gradients included."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -17,7 +19,12 @@ from rawks_triton.systems import build_stencil, compact_labels, right_hand_sides
 
 from conftest import SOLVE_RTOL, assert_close, compare_with_reference, random_scores, random_seeds
 
-SPD_SIZES = [(1, 17), (17, 1), (2, 2), (3, 1), (7, 13), (9, 10)]
+SPD_SIZES = [(1, 1), (1, 17), (17, 1), (2, 2), (3, 1), (7, 13), (9, 10)]
+CYCLES = {
+    "V": MultigridOptions(coarsest_pixels=4),
+    "W": MultigridOptions(coarsest_pixels=4, cycle="W"),
+    "galerkin-over": MultigridOptions(coarsest_pixels=4, coarse_edge_scale=1.0, correction_scale=1.8),
+}
 MODELS = ["rawks", "grady", "grady-edges"]
 
 
@@ -53,16 +60,27 @@ def explicit_preconditioner(M, num_systems, h, w):
     return torch.stack(columns, dim=2)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is faster, and steady on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cycle", list(CYCLES))
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("h,w", SPD_SIZES, ids=[f"{h}x{w}" for h, w in SPD_SIZES])
-def test_preconditioner_is_symmetric_positive_definite_on_free_pixels(rng, model, h, w):
+def test_preconditioner_is_symmetric_positive_definite_on_free_pixels(rng, model, h, w, cycle):
     """The explicit matrix of M: symmetric, positive definite on the free pixels with d > 0,
     zero rows and columns elsewhere (seeds). Three images, each with its own labels."""
     _, systems, stencil = make_problem(rng, model, 3, h, w, density=0.3)
     image_index = systems.image_index
     S = systems.num_systems
     assert S > 0
-    M = MultigridPreconditioner(build_hierarchy(stencil, MultigridOptions(coarsest_pixels=4)), image_index)
+    options = CYCLES[cycle]
+    M = MultigridPreconditioner(build_hierarchy(stencil, options), image_index, options)
     Mm = explicit_preconditioner(M, S, h, w)
     assert_close(Mm, Mm.transpose(1, 2), atol=1e-12 * float(Mm.abs().max()), name="M - M^T")
     active = (stencil.inv_diag > 0).index_select(0, image_index).reshape(S, -1)
@@ -74,14 +92,16 @@ def test_preconditioner_is_symmetric_positive_definite_on_free_pixels(rng, model
             assert float(eigenvalues.min()) > 1e-8 * float(eigenvalues.max()), f"system {s}: {eigenvalues[:3]}"
 
 
+@pytest.mark.parametrize("cycle", list(CYCLES))
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("h,w", [(63, 65), (40, 1), (128, 96)], ids=["63x65", "40x1", "128x96"])
+@pytest.mark.parametrize("h,w", [(33, 31), (63, 65), (40, 1), (128, 96)], ids=["33x31", "63x65", "40x1", "128x96"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-def test_dot_product_test_and_rayleigh_quotients(rng, model, h, w, dtype):
+def test_dot_product_test_and_rayleigh_quotients(rng, model, h, w, dtype, cycle):
     """<M u, v> = <u, M v> and <M u, u> > 0 for random and smooth u, uniform layout [N, k, n]."""
     _, systems, stencil = make_problem(rng, model, 2, h, w, density=0.02, dtype=dtype)
     image_index = torch.tensor([0, 0, 1, 1])
-    M = MultigridPreconditioner(build_hierarchy(stencil), image_index)
+    options = replace(CYCLES[cycle], coarsest_pixels=MultigridOptions.coarsest_pixels)
+    M = MultigridPreconditioner(build_hierarchy(stencil, options), image_index, options)
     assert M.per_group == 2
     active = (stencil.inv_diag > 0).index_select(0, image_index).to(dtype)
     u = torch.from_numpy(rng.standard_normal((4, h, w))).to(dtype) * active
@@ -270,3 +290,67 @@ def test_options_are_checked():
     stencil = build_stencil(*rawks_coefficients(torch.zeros(1, 4, 4)), torch.ones(1, 4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="coarsest_pixels"):
         build_hierarchy(stencil, MultigridOptions(coarsest_pixels=0))
+    for bad, name in [(dict(cycle="F"), "cycle"), (dict(correction_scale=1.5), "correction_scale"), (dict(smoothing_steps=0), "smoothing_steps")]:
+        with pytest.raises(ValueError, match=name):
+            MultigridOptions(**bad)
+
+
+ODD_SIZES = [(1, 1), (1, 17), (7, 13), (33, 31)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("model", ["rawks", "grady"])
+@pytest.mark.parametrize("h,w", ODD_SIZES, ids=[f"{h}x{w}" for h, w in ODD_SIZES])
+def test_odd_sizes_match_scipy(rng, h, w, model, dtype):
+    """Two images, 21 labels of which a few are present (label compaction), against the
+    float64 direct solution; the forward and the adjoint solve converge."""
+    scores = random_scores(rng, 2, h, w, spread=3.0, dtype=dtype)
+    seeds = random_seeds(rng, 2, h, w, 3, 0.08)
+    seeds = torch.where(seeds >= 0, torch.tensor([2, 5, 20])[seeds.clamp(min=0)], seeds)
+    seeds[:, 0, 0] = 20
+    seeds[1, -1, -1] = 4
+    reference = rt.propagate(scores.double(), seeds, 21, model, backend="scipy")
+    scores.requires_grad_()
+    result = rt.propagate(scores, seeds, 21, model, backend="torch", preconditioner="multigrid", rtol=SOLVE_RTOL[dtype])
+    compare_with_reference(result, reference, dtype, name=f"{model} {h}x{w}")
+    assert result.num_systems <= 2 * 4
+    (result.P * torch.linspace(-1, 1, h * w, dtype=dtype).view(h, w)).sum().backward()
+    assert bool(result.adjoint_converged.all()) and torch.isfinite(scores.grad).all()
+
+
+@pytest.mark.parametrize("model", ["rawks", "grady"])
+def test_all_seeded_image_next_to_a_free_one(rng, model):
+    """An image whose every pixel is a seed has no unknowns: its levels are all zero and the
+    cycle leaves its systems at 0, while the other image is solved as usual."""
+    scores = random_scores(rng, 2, 9, 14)
+    seeds = random_seeds(rng, 2, 9, 14, 3, 0.1)
+    seeds[0] = torch.from_numpy(rng.integers(0, 3, size=(9, 14)))
+    seeds[1, 0, 0] = 1
+    reference = rt.propagate(scores, seeds, 3, model, backend="scipy")
+    result = rt.propagate(scores, seeds, 3, model, backend="torch", preconditioner="multigrid", rtol=1e-10)
+    compare_with_reference(result, reference, torch.float64, name=model)
+    assert torch.all(result.iterations[result.image_index == 0] == 0)
+
+
+def test_auto_rule_picks_and_records_the_solver():
+    from rawks_triton.backends import DIRECT_MAX_PIXELS, MULTIGRID_MIN_PIXELS, choose_solver
+
+    cpu = torch.device("cpu")
+    assert choose_solver("auto", "auto", cpu, 8, 8, "grady") == ("scipy", "none")
+    assert choose_solver("auto", "auto", cpu, 8, 8, "rawks") == ("torch", "jacobi")
+    big = int(DIRECT_MAX_PIXELS**0.5) + 1
+    assert choose_solver("auto", "auto", cpu, big, big, "grady") == ("torch", "multigrid")
+    assert choose_solver("auto", "jacobi", cpu, 8, 8, "grady") == ("torch", "jacobi")  # asking for CG means CG
+    assert choose_solver("auto", "auto", cpu, 384, 512, "grady", labels=3) == ("torch", "multigrid")
+    assert choose_solver("auto", "auto", cpu, 384, 512, "grady", labels=21) == ("scipy", "none")
+    for model, pixels in MULTIGRID_MIN_PIXELS.items():
+        assert choose_solver("torch", "auto", cpu, 1, pixels - 1, model) == ("torch", "jacobi")
+        assert choose_solver("torch", "auto", cpu, 1, pixels, model) == ("torch", "multigrid")
+    assert choose_solver("scipy", "multigrid", cpu, 8, 8, "rawks") == ("scipy", "none")
+    scores, seeds = regions(12, 16, border=3.0)
+    r = rt.propagate(scores, seeds, 3, "grady")
+    assert (r.backend, r.preconditioner) == ("scipy", "none")
+    r = rt.propagate(scores, seeds, 3, preconditioner="multigrid")
+    assert (r.backend, r.preconditioner) == ("torch", "multigrid") and bool(r.converged.all())
+    with pytest.raises(ValueError, match="preconditioner"):
+        rt.propagate(scores, seeds, 3, preconditioner="amg")

@@ -100,6 +100,7 @@ CASES = [
     (40, 52, 0, 3, False, np.float32, 1e-3),
     (29, 35, 3, 2, True, np.float64, 1e-3),
     (45, 38, 2, 3, False, np.float64, 1e-5),
+    (63, 65, 0, 4, True, np.float32, 1e-4),
 ]
 
 
@@ -133,6 +134,15 @@ def test_matches_skimage_when_a_wall_of_inactive_pixels_isolates_a_region():
     out = rt.random_walker(data, labels, tol=1e-8)
     assert np.all(out[:, 7:] == 0) and np.all(out[:, 6] == -1)  # unreachable stay 0, inactive renumbered
     assert set(np.unique(out[:, :6])) == {1, 2}
+
+
+def test_mode_none_is_cg_j_as_in_skimage(rng):
+    data, labels = random_problem(rng, 21, 19, 0, 2, False)
+    compare_with_skimage(data, labels, what="mode None", mode=None)
+    np.testing.assert_array_equal(
+        rt.random_walker(data, labels, mode=None, return_full_prob=True),
+        rt.random_walker(data, labels, mode="cg_j", return_full_prob=True),
+    )
 
 
 def test_cg_mg_mode_matches_skimage(rng):
@@ -227,9 +237,43 @@ def test_tensors_in_tensors_out_and_backends_agree():
     assert single.dtype == torch.float32  # float32 data is solved in float32, as scikit-image does
     direct = rt.random_walker(data, labels, mode="bf", return_full_prob=True)
     np.testing.assert_allclose(direct, expected, atol=1e-6)
-    if triton_available(torch.device("cpu")):
-        interpreted = rt.random_walker(data, labels, tol=1e-8, backend="triton", return_full_prob=True)
-        np.testing.assert_allclose(interpreted, expected, atol=1e-6)
+
+
+@pytest.mark.interpreter
+def test_triton_backend_agrees_with_torch():
+    if not triton_available(torch.device("cpu")) and not torch.cuda.is_available():
+        pytest.skip("triton needs CUDA tensors or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rng = np.random.default_rng(8)
+    data = rng.random((7, 11))
+    labels = np.zeros((7, 11), dtype=np.int64)
+    labels[1, 1:5], labels[5, 6:10] = 1, 2
+    # beta 2: a well-conditioned problem, few iterations (the interpreter is slow).
+    expected = rt.random_walker(data, labels, beta=2, tol=1e-10, return_full_prob=True)
+    got = rt.random_walker(
+        torch.from_numpy(data).to(device), torch.from_numpy(labels).to(device), beta=2, tol=1e-6,
+        backend="triton", return_full_prob=True,
+    )
+    np.testing.assert_allclose(got.cpu().numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_cuda_tensors_stay_on_the_gpu(backend):
+    rng = np.random.default_rng(6)
+    data = rng.random((33, 47))
+    labels = np.zeros((33, 47), dtype=np.int64)
+    labels[3, 2:20], labels[30, 10:40], labels[10:20, 44] = 1, 2, 3
+    labels[15:18, 5:25] = -1
+    expected = rt.random_walker(data, labels, tol=1e-6, return_full_prob=True)
+    data_cuda = torch.from_numpy(data).float().cuda()
+    labels_cuda = torch.from_numpy(labels).cuda()
+    prob = rt.random_walker(data_cuda, labels_cuda, tol=1e-6, return_full_prob=True, backend=backend)
+    seg = rt.random_walker(data_cuda, labels_cuda, tol=1e-6, backend=backend)
+    assert prob.is_cuda and seg.is_cuda and seg.dtype == torch.int64
+    np.testing.assert_allclose(prob.cpu().numpy(), expected, atol=1e-3)
+    agree = float((seg.cpu().numpy() == np.argmax(expected, axis=0) + 1)[labels == 0].mean())
+    assert agree >= LABEL_AGREEMENT
 
 
 def test_a_constant_image_gives_uniform_weights_not_nan():

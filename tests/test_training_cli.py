@@ -44,8 +44,10 @@ def test_train_resume_eval_and_propagate_with_a_checkpoint(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["steps"] == 3 and config["reach_weight"] == 0.01 and config["data_options"]["train_count"] == "4"
     assert json.loads((out / "summary.json").read_text())["step"] == 3
-    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--figures", "1", "--no-progress"]) == 0
-    metrics = json.loads((out / "eval.json").read_text())["metrics"]
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--figures", "1", "--propagation-scale", "0.5", "--no-progress"]) == 0
+    record = json.loads((out / "eval.json").read_text())
+    metrics = record["metrics"]
+    assert record["propagation_scale"] == 0.5
     assert set(metrics) == {"train", "val"} and 0 <= metrics["val"]["q_miou"] <= 100
     assert (out / "eval_val.png").is_file()
     two_region_image(tmp_path / "im.png", tmp_path / "im-anno.png", h=32, w=40)

@@ -80,15 +80,15 @@ def test_folder_dataset_errors_name_the_path(tmp_path):
         FolderDataset(root, "val")
 
 
-def make_grabcut(root: Path, names=("x1", "x2")):
+def make_grabcut(root: Path, names=("x1", "x2"), h=9, w=11):
     rng = np.random.default_rng(1)
     for i, name in enumerate(names):
-        _png(root / "images" / f"{name}.{'jpg' if i else 'bmp'}", rng.integers(0, 255, (9, 11, 3)))
-        truth = np.zeros((9, 11))
+        _png(root / "images" / f"{name}.{'jpg' if i else 'bmp'}", rng.integers(0, 255, (h, w, 3)))
+        truth = np.zeros((h, w))
         truth[3:7, 3:8] = 255
         truth[3, 3:8] = 128
         _png(root / "ground-truth" / f"{name}.png", truth)
-        anno = np.zeros((9, 11))
+        anno = np.zeros((h, w))
         anno[5, 4:7] = 1
         anno[0, :] = 2
         _png(root / "scribbles-set-1" / f"{name}-anno.png", anno)
@@ -110,16 +110,18 @@ def test_grabcut_layout(tmp_path):
         GrabCutDataset(root, "scribbles-set-9")
 
 
-def make_acdc(root: Path, count=2):
+def make_acdc(root: Path, count=2, h=12, w=10):
     h5py = pytest.importorskip("h5py")
     root.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         with h5py.File(root / f"patient00{i + 1}_frame01_slice_0.h5", "w") as f:
-            f["image"] = np.linspace(0, 1, 12 * 10, dtype=np.float32).reshape(12, 10)
-            label = np.zeros((12, 10), dtype=np.uint8)
+            image = np.linspace(0, 1, h * w, dtype=np.float32).reshape(h, w)
+            image[4:8, 3:7] = 1.0 - image[4:8, 3:7]
+            f["image"] = image
+            label = np.zeros((h, w), dtype=np.uint8)
             label[4:8, 3:7] = 3
             f["label"] = label
-            scribble = np.full((12, 10), 4, dtype=np.uint16)
+            scribble = np.full((h, w), 4, dtype=np.uint16)
             scribble[5, 4:6] = 3
             scribble[0, :] = 0
             f["scribble"] = scribble
@@ -171,7 +173,29 @@ def test_scribble_text_and_xml_formats(tmp_path):
         parse_scribble_xml(bad)
 
 
+def make_scribblesup_flat(root: Path, h=8, w=10):
+    """Two images: one with polyline scribbles (.txt), one with ScribbleSup XML; both with VOC masks."""
+    rng = np.random.default_rng(2)
+    gt = np.zeros((h, w))
+    gt[3:6, 1 : w - 1] = 12
+    gt[h - 1, :] = 255
+    for name in ("im1", "im2"):
+        _png(root / f"{name}.jpg", rng.integers(0, 255, (h, w, 3)))
+        _png(root / f"{name}_gt.png", gt)
+    (root / "im1_scribble.txt").write_text(f"0,0,0,{w - 1},0\n12,2,4,{w - 3},4\n")
+    (root / "im2.xml").write_text(
+        "<annotation><polygon><tag>dog</tag><point><X>2</X><Y>4</Y></point>"
+        f"<point><X>{w - 3}</X><Y>4</Y></point></polygon>"
+        "<polygon><tag>background</tag><point><X>0</X><Y>0</Y></point>"
+        f"<point><X>{w - 1}</X><Y>0</Y></point></polygon></annotation>"
+    )
+    return root
+
+
 def test_scribblesup_flat_and_voc_layouts(tmp_path):
+    both = ScribbleSupDataset(make_scribblesup_flat(tmp_path / "both"), stroke_width=1)
+    assert both.names == ["im1", "im2"]
+    assert torch.equal(both[0].scribbles, both[1].scribbles)  # the same strokes, as text and as XML
     flat = tmp_path / "flat"
     _png(flat / "im1.jpg", np.zeros((8, 10, 3)))
     (flat / "im1_scribble.txt").write_text("0,0,0,9,0\n12,2,4,7,4\n")

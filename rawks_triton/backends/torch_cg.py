@@ -124,7 +124,7 @@ class TorchBackend:
         if options.preconditioner == "multigrid":  # the V-cycle of rawks_triton.multigrid replaces Jacobi
             from ..multigrid import MultigridOperator, build_hierarchy
 
-            self.op = MultigridOperator(self.op, build_hierarchy(stencil))
+            self.op = MultigridOperator(self.op, build_hierarchy(stencil, framed=self.op.per_image))
         self.systems = systems
         self.options = options
         self.maxiter = options.maxiter_for(*stencil.shape[1:])

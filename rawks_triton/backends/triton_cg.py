@@ -18,6 +18,7 @@ from ..kernels import (
     cg_direction_matvec_kernel,
     cg_update_kernel,
     coefficient_gradients_kernel,
+    dot_partials_kernel,
     stencil_residual_kernel,
 )
 from ..systems import LabelSystems, Stencil
@@ -33,15 +34,31 @@ class LaunchConfig:
 
 
 # The configurations the launchers choose from; `python -m rawks_triton.aot` compiles all of them.
+# Four elements per thread: with eight per thread the fused direction/matvec kernel needs
+# 157 (fp32) and 162 (fp64) registers on sm_90 (aot table), four keep it near 100 and 80.
+# Not tuned on a GPU yet (no device was lent; see docs/benchmarks.md). No autotuning: the CG
+# kernels update x and r in place, so timing trial runs would corrupt the solve.
 LAUNCH_CONFIGS = {
-    torch.float32: LaunchConfig(block=1024, num_warps=4, pixels_per_program=4096),
-    torch.float64: LaunchConfig(block=512, num_warps=4, pixels_per_program=4096),
+    torch.float32: LaunchConfig(block=1024, num_warps=8, pixels_per_program=4096),
+    torch.float64: LaunchConfig(block=512, num_warps=8, pixels_per_program=4096),
 }
 GRADIENT_BLOCK = 1024
+GRADIENT_WARPS = 4
 
 
-def num_partials(hw: int, config: LaunchConfig) -> int:
-    return max(1, min(triton.cdiv(hw, config.pixels_per_program), MAX_PARTIALS))
+PROGRAMS_PER_SM = 4  # enough programs in flight to hide memory latency
+
+
+def num_partials(hw: int, num_systems: int, config: LaunchConfig, num_sms: int = 0) -> int:
+    """T, the programs per system: one per ``pixels_per_program`` pixels, more when the batch
+    is too small to give every SM ``PROGRAMS_PER_SM`` programs, never more than one per BLOCK
+    pixels or MAX_PARTIALS."""
+    wanted = max(triton.cdiv(hw, config.pixels_per_program), triton.cdiv(PROGRAMS_PER_SM * num_sms, max(num_systems, 1)))
+    return max(1, min(wanted, triton.cdiv(hw, config.block), MAX_PARTIALS))
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
 class TritonOperator:
@@ -56,7 +73,7 @@ class TritonOperator:
         self.image_index = image_index.contiguous()
         self.num_systems = int(image_index.numel())
         self.config = LAUNCH_CONFIGS[stencil.diag.dtype]
-        self.T = num_partials(self.hw, self.config)
+        self.T = num_partials(self.hw, self.num_systems, self.config, _sm_count(stencil.diag.device))
 
     def residual(self, b, x, out, rz_part=None, rr_part=None):
         """out = b - A x (or A x when b is None); partial sums of out' M out and out' out when given."""
@@ -79,17 +96,26 @@ class TritonOperator:
 
 
 class TritonPCG:
-    """Device state of the batched Jacobi-PCG: vectors [S, H, W], partial sums [S, T], scalars [S]."""
+    """Device state of the batched PCG: vectors [S, H, W], partial sums [S, T], scalars [S].
 
-    def __init__(self, op: TritonOperator, rhs: torch.Tensor, tol: torch.Tensor):
+    Jacobi (``preconditioner=None``) is fused into the two CG launches. Any other
+    preconditioner is an object whose ``apply(r, out)`` writes z = M r for [S, H, W]
+    vectors (M symmetric positive definite on the free pixels, z = 0 on seeds); it runs
+    between the two launches, followed by one reduction launch for r' z.
+    """
+
+    def __init__(self, op: TritonOperator, rhs: torch.Tensor, tol: torch.Tensor, preconditioner=None):
         S, T = op.num_systems, op.T
         self.op = op
+        self.preconditioner = preconditioner
+        self.jacobi = preconditioner is None
         self.b = rhs.contiguous()
         self.tol2 = (tol * tol).to(rhs.dtype).contiguous()
         self.x = torch.zeros_like(self.b)
         self.r = torch.empty_like(self.b)
         self.p = [torch.zeros_like(self.b), torch.empty_like(self.b)]
         self.ap = torch.empty_like(self.b)
+        self.z = self.r if self.jacobi else torch.empty_like(self.b)  # what launch 1 reads
         new = dict(dtype=rhs.dtype, device=rhs.device)
         self.rz_part = torch.zeros(S, T, **new)
         self.rr_part = torch.zeros(S, T, **new)
@@ -107,6 +133,17 @@ class TritonPCG:
         self.p[self.current].zero_()
         self.rz_cur.fill_(1.0)
         self.active_cur.fill_(1)
+        if not self.jacobi:
+            self._precondition()
+
+    def _precondition(self):
+        """z = M r and the partials of r' z (the systems still active)."""
+        op, cfg = self.op, self.op.config
+        self.preconditioner.apply(self.r, self.z)
+        dot_partials_kernel[(op.num_systems, op.T)](
+            self.r, self.z, self.active_cur, self.rz_part, op.hw, op.T,
+            BLOCK=cfg.block, num_warps=cfg.num_warps,
+        )
 
     def step(self):
         op, cfg = self.op, self.op.config
@@ -114,13 +151,13 @@ class TritonPCG:
         p_old, p_new = self.p[self.current], self.p[1 - self.current]
         grid = (op.num_systems, op.T)
         cg_direction_matvec_kernel[grid](
-            self.r, p_old, p_new, self.ap,
+            self.z, p_old, p_new, self.ap,
             st.diag, st.right, st.down, st.inv_diag,
             op.image_index, self.tol2,
             self.rz_part, self.rr_part, self.pap_part,
             self.rz_cur, self.rz_next, self.active_cur, self.active_next,
             op.hw, op.width, op.T,
-            BLOCK=cfg.block, MAX_PARTIALS=MAX_PARTIALS, num_warps=cfg.num_warps,
+            JACOBI=self.jacobi, BLOCK=cfg.block, MAX_PARTIALS=MAX_PARTIALS, num_warps=cfg.num_warps,
         )
         cg_update_kernel[grid](
             self.x, self.r, p_new, self.ap,
@@ -129,9 +166,11 @@ class TritonPCG:
             self.rz_part, self.rr_part, self.pap_part,
             self.rz_cur, self.rz_next, self.active_cur, self.active_next,
             op.hw, op.T,
-            BLOCK=cfg.block, MAX_PARTIALS=MAX_PARTIALS, num_warps=cfg.num_warps,
+            JACOBI=self.jacobi, BLOCK=cfg.block, MAX_PARTIALS=MAX_PARTIALS, num_warps=cfg.num_warps,
         )
         self.current = 1 - self.current
+        if not self.jacobi:
+            self._precondition()
 
     @property
     def true_rr(self) -> torch.Tensor:
@@ -149,10 +188,19 @@ class TritonBackend:
     name = "triton"
 
     def __init__(self, stencil: Stencil, systems: LabelSystems, options: SolverOptions, rhs: torch.Tensor):
-        if options.preconditioner != "jacobi":
-            raise ValueError(
-                f"`preconditioner`={options.preconditioner!r} is not available with backend='triton' yet; use 'jacobi'"
-            )
+        self.preconditioner = None  # Jacobi, fused into the CG kernels
+        if options.preconditioner == "multigrid":
+            try:
+                from .triton_multigrid import multigrid_preconditioner
+            except ImportError as err:
+                raise ValueError(
+                    "`preconditioner`='multigrid' is not available with backend='triton' in this build; "
+                    "use 'jacobi' or backend='torch'"
+                ) from err
+            # The hierarchy is built once per image and serves the forward and the adjoint solve.
+            self.preconditioner = multigrid_preconditioner(stencil, systems.image_index)
+        elif options.preconditioner != "jacobi":
+            raise ValueError(f"`preconditioner` must be 'jacobi' or 'multigrid' with backend='triton', got {options.preconditioner!r}")
         n_images = stencil.shape[0]
         if n_images > MAX_GRID_Y:
             raise ValueError(f"backend='triton' takes at most {MAX_GRID_Y} images per call, got {n_images}")
@@ -168,7 +216,7 @@ class TritonBackend:
 
     def solve(self, rhs: torch.Tensor):
         b_norm, tol = tolerances(rhs, self.options)
-        pcg = TritonPCG(self.op, rhs, tol)
+        pcg = TritonPCG(self.op, rhs, tol, self.preconditioner)
         done = run_pcg(pcg, self.maxiter, self.options.check_every)
         return pcg.x, finish_stats(pcg.iterations, pcg.true_rr, b_norm, tol, self.maxiter, done)
 
@@ -183,6 +231,28 @@ class TritonBackend:
             self.first_system,
             grad_diag, grad_right, grad_down,
             hw, self.op.width,
-            EDGES=edges, BLOCK=GRADIENT_BLOCK, num_warps=4,
+            EDGES=edges, BLOCK=GRADIENT_BLOCK, num_warps=GRADIENT_WARPS,
         )
         return grad_diag, (grad_right if edges else None), (grad_down if edges else None)
+
+
+def aot_specs():
+    """Every kernel of this launcher with every dtype and constexpr choice it makes (rawks_triton.aot)."""
+    from ..aot import kernel_spec
+
+    specs = []
+    for dtype, cfg in LAUNCH_CONFIGS.items():
+        ty = {torch.float32: "fp32", torch.float64: "fp64"}[dtype]
+        tiles = dict(BLOCK=cfg.block)
+        for has_b, reduce in ((False, False), (True, True)):  # matvec; residual with its partials
+            specs.append(kernel_spec("stencil_residual", stencil_residual_kernel, ty,
+                                     dict(HAS_B=has_b, REDUCE=reduce, **tiles), cfg.num_warps))
+        for jacobi in (True, False):
+            constexprs = dict(JACOBI=jacobi, **tiles, MAX_PARTIALS=MAX_PARTIALS)
+            specs.append(kernel_spec("cg_direction_matvec", cg_direction_matvec_kernel, ty, constexprs, cfg.num_warps))
+            specs.append(kernel_spec("cg_update", cg_update_kernel, ty, constexprs, cfg.num_warps))
+        specs.append(kernel_spec("dot_partials", dot_partials_kernel, ty, tiles, cfg.num_warps))
+        for edges in (False, True):
+            specs.append(kernel_spec("coefficient_gradients", coefficient_gradients_kernel, ty,
+                                     dict(EDGES=edges, BLOCK=GRADIENT_BLOCK), GRADIENT_WARPS))
+    return specs

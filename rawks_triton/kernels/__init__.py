@@ -1,7 +1,7 @@
 """The Triton kernels of rawks_triton. They compute and assume checked, contiguous input;
 the launchers in :mod:`rawks_triton.backends.triton_cg` own shapes, allocation and grids."""
 
-from .cg import cg_direction_matvec_kernel, cg_update_kernel
+from .cg import cg_direction_matvec_kernel, cg_update_kernel, dot_partials_kernel
 from .gradients import coefficient_gradients_kernel
 from .stencil import MAX_PARTIALS, stencil_residual_kernel
 
@@ -10,5 +10,6 @@ __all__ = [
     "cg_direction_matvec_kernel",
     "cg_update_kernel",
     "coefficient_gradients_kernel",
+    "dot_partials_kernel",
     "stencil_residual_kernel",
 ]

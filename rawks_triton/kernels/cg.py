@@ -18,6 +18,10 @@ no launch reads a slot that a sibling program of the same launch writes: launch 
 launch 1 reads p_old at neighbours that other programs are rewriting. A system that is
 no longer active returns at once from both launches: it stops changing and costs no
 memory traffic.
+
+With another preconditioner (``JACOBI=False``, e.g. multigrid), the launcher computes
+z = M r between the two launches and writes the partials of r' z itself; launch 1 then
+reads z where it would form M r, and launch 2 leaves the r' M r partials alone.
 """
 
 import triton
@@ -27,12 +31,13 @@ from .stencil import chunk_bounds, stencil_weights
 
 
 @triton.jit
-def _direction(r_ptr, p_ptr, inv_diag_ptr, v_base, c_base, offs, mask, beta):
-    """p_new = M r + beta p_old at ``offs`` (0 where masked)."""
+def _direction(r_ptr, p_ptr, inv_diag_ptr, v_base, c_base, offs, mask, beta, JACOBI: tl.constexpr):
+    """p_new = z + beta p_old at ``offs`` (0 where masked), z = M r (JACOBI) or z read from r_ptr."""
     r = tl.load(r_ptr + v_base + offs, mask=mask, other=0.0)
     p = tl.load(p_ptr + v_base + offs, mask=mask, other=0.0)
-    inv_d = tl.load(inv_diag_ptr + c_base + offs, mask=mask, other=0.0)
-    return inv_d * r + beta * p
+    if JACOBI:
+        r = tl.load(inv_diag_ptr + c_base + offs, mask=mask, other=0.0) * r
+    return r + beta * p
 
 
 @triton.jit
@@ -44,12 +49,13 @@ def _tree_sum(part_ptr, s, T, MAX_PARTIALS: tl.constexpr):
 
 @triton.jit
 def cg_direction_matvec_kernel(
-    r_ptr, p_old_ptr, p_new_ptr, ap_ptr,  # [S, HW]
+    z_ptr, p_old_ptr, p_new_ptr, ap_ptr,  # [S, HW]; z_ptr holds r when JACOBI, else z = M r
     diag_ptr, right_ptr, down_ptr, inv_diag_ptr,  # [N, HW]
     image_index_ptr, tol2_ptr,  # [S]
     rz_part_ptr, rr_part_ptr, pap_part_ptr,  # [S, T]
     rz_cur_ptr, rz_next_ptr, active_cur_ptr, active_next_ptr,  # [S]
     HW, W, T,
+    JACOBI: tl.constexpr,
     BLOCK: tl.constexpr,
     MAX_PARTIALS: tl.constexpr,
 ):
@@ -72,11 +78,11 @@ def cg_direction_matvec_kernel(
         for start in range(lo, hi, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             m = offs < hi
-            p = _direction(r_ptr, p_old_ptr, inv_diag_ptr, v_base, c_base, offs, m, beta)
-            p_right = _direction(r_ptr, p_old_ptr, inv_diag_ptr, v_base, c_base, offs + 1, m & (offs + 1 < HW), beta)
-            p_left = _direction(r_ptr, p_old_ptr, inv_diag_ptr, v_base, c_base, offs - 1, m & (offs >= 1), beta)
-            p_down = _direction(r_ptr, p_old_ptr, inv_diag_ptr, v_base, c_base, offs + W, m & (offs + W < HW), beta)
-            p_up = _direction(r_ptr, p_old_ptr, inv_diag_ptr, v_base, c_base, offs - W, m & (offs >= W), beta)
+            p = _direction(z_ptr, p_old_ptr, inv_diag_ptr, v_base, c_base, offs, m, beta, JACOBI)
+            p_right = _direction(z_ptr, p_old_ptr, inv_diag_ptr, v_base, c_base, offs + 1, m & (offs + 1 < HW), beta, JACOBI)
+            p_left = _direction(z_ptr, p_old_ptr, inv_diag_ptr, v_base, c_base, offs - 1, m & (offs >= 1), beta, JACOBI)
+            p_down = _direction(z_ptr, p_old_ptr, inv_diag_ptr, v_base, c_base, offs + W, m & (offs + W < HW), beta, JACOBI)
+            p_up = _direction(z_ptr, p_old_ptr, inv_diag_ptr, v_base, c_base, offs - W, m & (offs >= W), beta, JACOBI)
             d, w_right, w_left, w_down, w_up = stencil_weights(diag_ptr, right_ptr, down_ptr, c_base, offs, m, HW, W)
             ap = d * p - (w_right * p_right + w_left * p_left + w_down * p_down + w_up * p_up)
             tl.store(p_new_ptr + v_base + offs, p, mask=m)
@@ -93,6 +99,7 @@ def cg_update_kernel(
     rz_part_ptr, rr_part_ptr, pap_part_ptr,  # [S, T]
     rz_cur_ptr, rz_next_ptr, active_cur_ptr, active_next_ptr,  # [S]
     HW, T,
+    JACOBI: tl.constexpr,
     BLOCK: tl.constexpr,
     MAX_PARTIALS: tl.constexpr,
 ):
@@ -120,12 +127,35 @@ def cg_update_kernel(
             r = tl.load(r_ptr + v_base + offs, mask=m, other=0.0)
             p = tl.load(p_ptr + v_base + offs, mask=m, other=0.0)
             ap = tl.load(ap_ptr + v_base + offs, mask=m, other=0.0)
-            inv_d = tl.load(inv_diag_ptr + c_base + offs, mask=m, other=0.0)
             x += alpha * p
             r -= alpha * ap
             tl.store(x_ptr + v_base + offs, x, mask=m)
             tl.store(r_ptr + v_base + offs, r, mask=m)
-            acc_rz += r * inv_d * r
+            if JACOBI:
+                acc_rz += r * tl.load(inv_diag_ptr + c_base + offs, mask=m, other=0.0) * r
             acc_rr += r * r
-        tl.store(rz_part_ptr + s * T + t, tl.sum(acc_rz, axis=0))
+        if JACOBI:
+            tl.store(rz_part_ptr + s * T + t, tl.sum(acc_rz, axis=0))
         tl.store(rr_part_ptr + s * T + t, tl.sum(acc_rr, axis=0))
+
+
+@triton.jit
+def dot_partials_kernel(
+    u_ptr, v_ptr,  # [S, HW]
+    active_ptr,  # [S]
+    part_ptr,  # [S, T]
+    HW, T,
+    BLOCK: tl.constexpr,
+):
+    """Partial sums of u' v per (system, program), for the systems still active."""
+    s = tl.program_id(0).to(tl.int64)
+    t = tl.program_id(1)
+    if tl.load(active_ptr + s) != 0:
+        v_base = s * HW
+        lo, hi = chunk_bounds(t, HW, T, BLOCK)
+        acc = tl.zeros([BLOCK], dtype=u_ptr.dtype.element_ty)
+        for start in range(lo, hi, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            m = offs < hi
+            acc += tl.load(u_ptr + v_base + offs, mask=m, other=0.0) * tl.load(v_ptr + v_base + offs, mask=m, other=0.0)
+        tl.store(part_ptr + s * T + t, tl.sum(acc, axis=0))

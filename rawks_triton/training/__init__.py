@@ -7,7 +7,7 @@ Modules: :mod:`.data` and :mod:`.synthetic` (datasets), :mod:`.splits` (train / 
 :mod:`.networks` (Q and B), :mod:`.propagate` (P for training), :mod:`.trainer` (the
 protocols and the loop), :mod:`.evaluate` (mIoU, abstention, pixel error),
 :mod:`.figures` (PNG panels), :mod:`.distributed` (torchrun / DDP). The command line is
-``rawks`` (:mod:`rawks_triton.cli`); docs/trainer.md describes it all.
+``rawks`` (:mod:`rawks_triton.cli`); docs/training.md describes it all.
 """
 
 from .trainer import PROTOCOLS, RunSummary, TrainConfig, Trainer, format_table, load_checkpoint, networks_from_checkpoint, train

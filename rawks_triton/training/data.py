@@ -118,6 +118,16 @@ def _check_label_range(values: np.ndarray, num_labels: int, what: str, path: Pat
         raise DataFolderError(f"{what} {path} holds values {found} outside [0, {num_labels}) and the unlabelled/ignore value")
 
 
+def _only(found: list[str], names, what: str, folder: Path) -> list[str]:
+    """``names`` (each must be in ``found``), or ``found`` when ``names`` is None."""
+    if names is None:
+        return found
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise DataFolderError(f"{what} {missing[:5]} in {folder}")
+    return list(names)
+
+
 def read_split(path: Path) -> list[str]:
     """A split list: one name a line (blank lines and '#' comments skipped)."""
     _require_file(path, "split list")
@@ -265,12 +275,7 @@ class GrabCutDataset(ScribbleDataset):
         self.truth_dir = _require_dir(self.root / "ground-truth", "GrabCut ground truth")
         self.scribble_dir = _require_dir(self.root / scribble_set, "GrabCut scribbles")
         found = sorted(p.name[: -len("-anno.png")] for p in self.scribble_dir.glob("*-anno.png"))
-        if names is not None:
-            missing = [n for n in names if n not in found]
-            if missing:
-                raise DataFolderError(f"GrabCut: no scribbles {missing[:5]} in {self.scribble_dir}")
-            found = list(names)
-        super().__init__(found, cache)
+        super().__init__(_only(found, names, "GrabCut: no scribbles for", self.scribble_dir), cache)
 
     def describe(self) -> str:
         return f"GrabCut at {self.root}: <scribble set>/<name>-anno.png"
@@ -314,11 +319,7 @@ class ACDCDataset(ScribbleDataset):
         found = sorted(p.stem for p in self.root.glob("*.h5"))
         if not found:
             raise DataFolderError(f"ACDC: expected HDF5 slices <name>.h5 in {self.root}, found none")
-        if names is not None:
-            missing = [n for n in names if n not in found]
-            if missing:
-                raise DataFolderError(f"ACDC: no slices {missing[:5]} in {self.root}")
-            found = list(names)
+        found = _only(found, names, "ACDC: no slices", self.root)
         if patients is not None:
             found = [n for n in found if any(n.startswith(p) for p in patients)]
         super().__init__(found, cache)
@@ -475,11 +476,7 @@ class ScribbleSupDataset(ScribbleDataset):
             if split is not None:
                 wanted = read_split(self.root / "ImageSets" / "Segmentation" / f"{split}.txt")
                 found = [n for n in wanted if n in set(found)]
-        if names is not None:
-            missing = [n for n in names if n not in found]
-            if missing:
-                raise DataFolderError(f"ScribbleSup: no scribbles for {missing[:5]} in {self.scribble_dir}")
-            found = list(names)
+        found = _only(found, names, "ScribbleSup: no scribbles for", self.scribble_dir)
         self.has_masks = any((self.mask_dir / self.mask_pattern.format(n)).is_file() for n in found[:50])
         super().__init__(found, cache)
 

@@ -43,6 +43,21 @@ def scribble_overlay(image: torch.Tensor, scribbles: torch.Tensor) -> np.ndarray
     return np.where((shown >= 0)[..., None], colour_labels(shown), rgb)
 
 
+def figure_rows(dataset, count: int, q_net=None, b_net=None, settings=None, alpha: float = 2.0, device="cpu") -> list[dict]:
+    """The first ``count`` samples of ``dataset`` run through the networks, as rows for :func:`save_panels`."""
+    from .evaluate import predict
+
+    rows = []
+    for i in range(min(count, len(dataset))):
+        sample = dataset[i]
+        out = predict([sample], dataset.num_labels, q_net, b_net, settings, alpha, device)
+        row = {"image": sample.image, "scribbles": sample.scribbles, "mask": sample.mask, "q_logits": out.get("q_logits", [None])[0]}
+        if "P" in out:
+            row.update(boundary=out["boundary"][0, 0], P=out["P"][0], weight=out["weight"][0])
+        rows.append(row)
+    return rows
+
+
 def save_panels(path, rows: list[dict], title: str = "") -> Path:
     """Write one PNG; each row is a dict with ``image``, ``scribbles`` and any of
     ``boundary`` [H, W], ``P`` [L, H, W], ``weight`` [H, W], ``q_logits`` [L, H, W], ``mask`` [H, W]."""

@@ -135,21 +135,21 @@ class ResNetFCN(nn.Module):
         return F.softplus(out) if self.softplus else out
 
 
-def build_segmentation_net(arch: str, in_channels: int, num_labels: int, width: int = 32, weights: str | None = None) -> nn.Module:
+def _is_small(arch: str, weights: str | None) -> bool:
     if arch not in ARCHS:
         raise ValueError(f"`arch` must be one of {list(ARCHS)}, got {arch!r}")
-    if arch == "small":
-        if weights is not None:
-            raise ValueError("`weights` is only for the ResNet architectures; arch='small' trains from scratch")
+    if arch == "small" and weights is not None:
+        raise ValueError("`weights` is only for the ResNet architectures; arch='small' trains from scratch")
+    return arch == "small"
+
+
+def build_segmentation_net(arch: str, in_channels: int, num_labels: int, width: int = 32, weights: str | None = None) -> nn.Module:
+    if _is_small(arch, weights):
         return SegmentationNet(in_channels, num_labels, width)
     return ResNetFCN(arch, in_channels, num_labels, weights)
 
 
 def build_boundary_net(arch: str, in_channels: int, width: int = 16, weights: str | None = None, initial_logit: float = -10.0) -> nn.Module:
-    if arch not in ARCHS:
-        raise ValueError(f"`arch` must be one of {list(ARCHS)}, got {arch!r}")
-    if arch == "small":
-        if weights is not None:
-            raise ValueError("`weights` is only for the ResNet architectures; arch='small' trains from scratch")
+    if _is_small(arch, weights):
         return BoundaryNet(in_channels, width, initial_logit)
     return ResNetFCN(arch, in_channels, 1, weights, softplus=True, initial_logit=initial_logit)

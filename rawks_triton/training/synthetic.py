@@ -1,14 +1,13 @@
 """The embedded default dataset: generated scenes with textures, edges, dense truth and scribbles.
 
 Each scene has a background (class 0) and 2 to 5 objects of classes 1..L-1. With the
-default ``cue="shape"`` the class of an object is its shape (1: ellipse, 2: rotated box,
-3: triangle), and its texture (stripes, checkerboard or dots) and colour are drawn
-independently of the class, so that a pixel's class is a matter of context, not of its
-local look. With ``cue="texture"`` any shape can carry any class and the class picks
-the texture and the colour. Towards its silhouette an object darkens and its texture
-fades The background has a smooth colour
-gradient and faint soft blobs that make edges which are not class boundaries. Objects
-may overlap.
+default ``cue="texture"`` any shape can carry any class and the class picks the texture
+(stripes, checkerboard or dots) and the colour. With ``cue="shape"`` the class of an
+object is its shape (1: ellipse, 2: rotated box, 3: triangle), and its texture and colour
+are drawn independently of the class, so that a pixel's class is a matter of context, not
+of its local look (a harder set). Towards its silhouette an object blends into a halo or
+a shadow of the background. The background has a smooth colour gradient and faint soft
+blobs that make edges which are not class boundaries. Objects may overlap.
 
 Scribbles are simulated as an annotator would draw them: for every visible part of every
 object, one short stroke (a wandering polyline 1 to 3 pixels wide) in its middle, and
@@ -93,7 +92,7 @@ def _stroke(rng, region: np.ndarray, length: float):
     return points
 
 
-def synthetic_scene(seed: int, index: int, height: int = 96, width: int = 128, num_labels: int = 3, cue: str = "shape"):
+def synthetic_scene(seed: int, index: int, height: int = 96, width: int = 128, num_labels: int = 3, cue: str = "texture"):
     """One scene: image [3, H, W] float32, dense truth [H, W] and scribbles [H, W] (int64 numpy).
 
     ``cue="shape"``: object class k is a shape (1 ellipse, 2 box, 3 triangle; at most 4
@@ -173,7 +172,7 @@ class SyntheticDataset(ScribbleDataset):
     in_channels = 3
     has_masks = True
 
-    def __init__(self, count: int = 64, height: int = 96, width: int = 128, num_labels: int = 3, seed: int = 0, cue: str = "shape", cache: bool = True):
+    def __init__(self, count: int = 64, height: int = 96, width: int = 128, num_labels: int = 3, seed: int = 0, cue: str = "texture", cache: bool = True):
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"`count` must be an int >= 1, got {count!r}")
         if cue not in CUES:

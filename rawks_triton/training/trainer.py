@@ -33,7 +33,7 @@ from ..loss import DEFAULT_ALPHA, rawks_loss
 from ..propagation import MODELS, reach_threshold
 from . import distributed
 from .data import Sample
-from .evaluate import evaluate, predict
+from .evaluate import evaluate
 from .networks import ARCHS, build_boundary_net, build_segmentation_net
 from .propagate import PropagationSettings, propagate_scribbles
 from .splits import DATASETS, Splits, build_splits, parse_options
@@ -421,20 +421,13 @@ class Trainer:
         return results
 
     def figures(self, step: int) -> list[Path]:
-        from .figures import save_panels
+        from .figures import figure_rows, save_panels
 
         cfg, written = self.config, []
         for split, dataset in (("train", self.splits.train), ("val", self.splits.val)):
             if dataset is None:
                 continue
-            rows = []
-            for i in range(min(cfg.figures, len(dataset))):
-                sample = dataset[i]
-                out = predict([sample], self.splits.num_labels, self.q_net, self.b_net, cfg.propagation, cfg.alpha, self.device)
-                row = {"image": sample.image, "scribbles": sample.scribbles, "mask": sample.mask, "q_logits": out["q_logits"][0]}
-                if "P" in out:
-                    row.update(boundary=out["boundary"][0, 0], P=out["P"][0], weight=out["weight"][0])
-                rows.append(row)
+            rows = figure_rows(dataset, cfg.figures, self.q_net, self.b_net, cfg.propagation, cfg.alpha, self.device)
             if rows:
                 title = f"{cfg.protocol} on {cfg.data} ({split} split), step {step}"
                 written.append(save_panels(self.out / "figures" / f"step{step:06d}_{split}.png", rows, title))

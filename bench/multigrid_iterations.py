@@ -1,0 +1,265 @@
+"""Iterations, setup time and memory of multigrid-preconditioned CG against Jacobi-PCG.
+
+The problem (issue 5): a piecewise-constant scene of Voronoi regions, one scribble per
+region, labels cycling over ``--labels``. Boundary scores are exactly 0 inside the regions
+and ``--border`` on their borders; the "rawks" model (d = 4 exp(B), unit edges: a pure
+Laplacian inside the regions, killing only on the borders) and the "grady" node model
+(conductance exp(-(B_i + B_j) / 2)) are built from the same scores. "grady-image" is the
+harder case of scikit-image's own conductances (beta 130 on the noisy grey-level scene of
+bench/problems.py), the problem of bench/compare.py.
+
+Every solve is the library's own path (PaddedStencil, MultigridOperator, TorchPCG,
+run_pcg), in float32 on the CPU to rtol 1e-4. Reported per size and model:
+
+* iterations (the largest over the systems) of Jacobi-PCG and of multigrid-PCG;
+* setup: seconds to build the hierarchy (one image), and seconds of the whole solve;
+* memory, counted exactly as the bytes of the tensors that each part holds: the solver
+  (the padded stencil coefficients and CG's seven vectors per system) and what multigrid
+  adds (every level's coefficients, transfer weights, the coarsest inverse and the
+  cycle's work buffers).
+
+Iteration counts and memory do not depend on the machine's load; the times do.
+
+    python -m bench.multigrid_iterations                       # 128 .. 2048, Jacobi up to 512
+    python -m bench.multigrid_iterations --write docs/multigrid.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import zlib
+
+import numpy as np
+import torch
+
+from rawks_triton.cg import TorchPCG, run_pcg, tolerances
+from rawks_triton.coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
+from rawks_triton.backends.torch_cg import PaddedStencil
+from rawks_triton.multigrid import MultigridOperator, MultigridOptions, build_hierarchy
+from rawks_triton.systems import build_stencil, compact_labels, right_hand_sides
+
+MODELS = ("grady", "rawks", "grady-image")
+
+
+def regions_scene(size: int, num_labels: int, num_regions: int, border: float):
+    """(scores [1, H, W] float64, seeds [1, H, W] int64) of a Voronoi scene, H = W = size."""
+    rng = np.random.default_rng(zlib.crc32(repr(("mg-scene", size, num_regions)).encode()))
+    sites = rng.random((num_regions, 2)) * size
+    yy, xx = np.mgrid[0:size, 0:size]
+    region = np.argmin((yy[None] - sites[:, 0, None, None]) ** 2 + (xx[None] - sites[:, 1, None, None]) ** 2, axis=0)
+    edge = np.zeros((size, size), bool)
+    for axis in (0, 1):
+        step = np.diff(region, axis=axis) != 0
+        lo = [slice(None)] * 2
+        hi = [slice(None)] * 2
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        edge[tuple(lo)] |= step
+        edge[tuple(hi)] |= step
+    seeds = np.full((size, size), -1)
+    half = max(1, size // 32)
+    for k in range(num_regions):
+        y, x = int(sites[k, 0]), int(sites[k, 1])
+        row = seeds[y, max(0, x - half) : x + half + 1]
+        inside = region[y, max(0, x - half) : x + half + 1] == k
+        row[inside] = k % num_labels
+    scores = np.where(edge, border, 0.0)
+    return torch.from_numpy(scores)[None], torch.from_numpy(seeds)[None]
+
+
+def problem(model: str, size: int, num_labels: int, border: float, dtype):
+    if model == "grady-image":
+        from bench.problems import make_batch
+
+        batch = make_batch(size, size, num_labels, dtype=torch.float64)
+        coefficients = grady_edge_coefficients(batch.grady_edges)
+        seeds = batch.seeds
+    else:
+        scores, seeds = regions_scene(size, num_labels, 4 * num_labels, border)
+        coefficients = rawks_coefficients(scores) if model == "rawks" else grady_node_coefficients(scores)
+    systems = compact_labels(seeds, num_labels, -1)
+    coefficients = tuple(c.to(dtype) for c in coefficients)
+    stencil = build_stencil(*coefficients, systems.free, unit_edges=model == "rawks")
+    return stencil, systems, right_hand_sides(coefficients[1], coefficients[2], systems)
+
+
+def tensor_bytes(*objects) -> int:
+    """Bytes of the distinct tensor storages reachable from ``objects`` (lists, dicts, attributes)."""
+    seen, total, stack = set(), 0, list(objects)
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, torch.Tensor):
+            key = obj.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += obj.untyped_storage().nbytes()
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            stack.extend(vars(obj).values())
+    return total
+
+
+def solve(stencil, systems, rhs, preconditioner: str, options: MultigridOptions, maxiter: int):
+    """(iterations, seconds of the whole solve, seconds of the hierarchy, solver bytes, multigrid bytes)."""
+    start = time.perf_counter()
+    op = PaddedStencil.from_stencil(stencil, systems.image_index)
+    setup = 0.0
+    levels = None
+    if preconditioner == "multigrid":
+        levels = build_hierarchy(stencil, options, framed=op.per_image)
+        setup = time.perf_counter() - start
+        op = MultigridOperator(op, levels, options)
+    _, tol = tolerances(rhs, _Options())
+    pcg = TorchPCG(op, op.pad(rhs), tol)
+    run_pcg(pcg, maxiter, 8)
+    seconds = time.perf_counter() - start
+    plain = op._operator if levels is not None else op
+    solver_bytes = tensor_bytes(plain.per_image) + 7 * rhs.shape[0] * plain.size * rhs.element_size()
+    cycle = None if levels is None else op._cycle
+    buffers = () if cycle is None else (levels, cycle.rhs, cycle.x, cycle.residual, cycle.half, cycle.rhs2, cycle.x2)
+    # level 0 shares the solver's coefficients: count only the storage that multigrid adds
+    extra = tensor_bytes(plain.per_image, *buffers) - tensor_bytes(plain.per_image)
+    op.release_views()
+    iterations = int(pcg.iterations.max())
+    if bool((pcg.true_rr.sqrt() > tol).any()):
+        iterations = -iterations  # did not converge within maxiter
+    return iterations, seconds, setup, solver_bytes, extra
+
+
+class _Options:
+    rtol, atol = 1e-4, 0.0
+
+
+def time_backends(sizes, labels, models, repeats: int) -> list[str]:
+    """Median seconds of forward + backward through :func:`rawks_triton.propagate` on the CPU
+    for the direct solver and for CG with each preconditioner, and what "auto" picks; the
+    table that backs the rule of :func:`rawks_triton.backends.choose_solver`."""
+    import rawks_triton as rt
+    from bench.problems import make_batch
+    from rawks_triton.backends import choose_solver
+
+    methods = (("scipy", "jacobi"), ("torch", "jacobi"), ("torch", "multigrid"))
+    lines = [
+        "| model | size | labels | " + " | ".join(f"{b} {p if b != 'scipy' else 'direct'} (ms)" for b, p in methods)
+        + " | fastest | auto picks |",
+        "| " + " | ".join(["---"] * (len(methods) + 5)) + " |",
+    ]
+    print("\n".join(lines), flush=True)
+    for model in models:
+        for height, width in sizes:
+            for num_labels in labels:
+                batch = make_batch(height, width, num_labels, dtype=torch.float32)
+                times = []
+                for backend, preconditioner in methods:
+                    runs = []
+                    for _ in range(repeats):
+                        leaf = batch.inputs(model).clone().requires_grad_()
+                        start = time.perf_counter()
+                        result = rt.propagate(leaf, batch.seeds, num_labels, model, backend=backend, preconditioner=preconditioner)
+                        result.P.square().sum().backward()
+                        runs.append(time.perf_counter() - start)
+                    times.append(sorted(runs)[len(runs) // 2])
+                fastest = methods[min(range(len(methods)), key=times.__getitem__)]
+                picked = choose_solver("auto", "auto", torch.device("cpu"), height, width, model, num_labels)
+                name = lambda m: m[0] if m[0] == "scipy" else f"{m[0]} {m[1]}"  # noqa: E731
+                line = (
+                    f"| {model} | {height}x{width} | {num_labels} | " + " | ".join(f"{1e3 * t:.0f}" for t in times)
+                    + f" | {name(fastest)} | {name(picked)} |"
+                )
+                lines.append(line)
+                print(line, flush=True)
+    return lines
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="128,256,512,1024,2048")
+    parser.add_argument("--models", default="grady,rawks")
+    parser.add_argument("--labels", type=int, default=3)
+    parser.add_argument("--border", type=float, default=6.0, help="boundary score on the region borders")
+    parser.add_argument("--jacobi-max-size", type=int, default=512, help="largest size solved with Jacobi-PCG too")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--smoothing-steps", type=int, default=MultigridOptions.smoothing_steps)
+    parser.add_argument("--jacobi-weight", type=float, default=MultigridOptions.jacobi_weight)
+    parser.add_argument("--edge-scale", type=float, default=MultigridOptions.coarse_edge_scale)
+    parser.add_argument("--correction", type=float, default=MultigridOptions.correction_scale)
+    parser.add_argument("--cycle", choices=("V", "W"), default=MultigridOptions.cycle)
+    parser.add_argument("--write", metavar="PATH", help="also write the table into PATH between its markers")
+    parser.add_argument(
+        "--auto-table", action="store_true",
+        help="instead: time forward + backward of the direct solver and both preconditioners (the auto rule)",
+    )
+    parser.add_argument("--auto-sizes", default="32x32,64x64,96x128,128x128,192x256,256x256,384x512")
+    parser.add_argument("--auto-labels", default="3,21")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.auto_table:
+        sizes = [tuple(int(v) for v in s.split("x")) for s in args.auto_sizes.split(",")]
+        labels = [int(v) for v in args.auto_labels.split(",")]
+        head = [f"CPU, {torch.get_num_threads()} torch threads, float32 input, rtol 1e-4, median of {args.repeats}", ""]
+        print(head[0], flush=True)
+        lines = head + time_backends(sizes, labels, args.models.split(","), args.repeats)
+        if args.write:
+            _write_between_markers(args.write, "auto-rule", "\n".join(lines))
+        return
+    dtype = getattr(torch, args.dtype)
+    options = MultigridOptions(
+        smoothing_steps=args.smoothing_steps, jacobi_weight=args.jacobi_weight, coarse_edge_scale=args.edge_scale,
+        correction_scale=args.correction, cycle=args.cycle,
+    )
+    sizes = [int(s) for s in args.sizes.split(",")]
+    models = args.models.split(",")
+    for model in models:
+        if model not in MODELS:
+            parser.error(f"--models: expected names from {list(MODELS)}, got {model!r}")
+    header = (
+        "| model | size | systems | Jacobi-PCG iterations | multigrid iterations | hierarchy setup (s) "
+        "| multigrid solve (s) | solver memory (MiB) | hierarchy + cycle buffers (MiB) | added |"
+    )
+    lines = [
+        f"{args.dtype}, rtol 1e-4, {args.labels} labels, border score {args.border:g}, {torch.get_num_threads()} torch "
+        f"threads; {options}",
+        "",
+        header,
+        "| " + " | ".join(["---"] * 10) + " |",
+    ]
+    print("\n".join(lines), flush=True)
+    for model in models:
+        for size in sizes:
+            stencil, systems, rhs = problem(model, size, args.labels, args.border, dtype)
+            maxiter = 10 * 2 * size + 1000
+            jacobi = "-"
+            if size <= args.jacobi_max_size:
+                jacobi = str(solve(stencil, systems, rhs, "jacobi", options, maxiter)[0])
+            its, seconds, setup, solver, extra = solve(stencil, systems, rhs, "multigrid", options, 200)
+            mib = 1 / 2**20
+            line = (
+                f"| {model} | {size}x{size} | {systems.num_systems} | {jacobi} | {its} | {setup:.3f} | {seconds:.2f} "
+                f"| {solver * mib:.1f} | {extra * mib:.1f} | {100 * extra / solver:.0f}% |"
+            )
+            lines.append(line)
+            print(line, flush=True)
+    if args.write:
+        _write_between_markers(args.write, "multigrid-iterations", "\n".join(lines))
+
+
+def _write_between_markers(path: str, name: str, text: str) -> None:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    with open(path) as f:
+        content = f.read()
+    if begin not in content or end not in content:
+        raise SystemExit(f"--write: {path} has no {begin} ... {end} markers")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w") as f:
+        f.write(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+if __name__ == "__main__":
+    main()
