@@ -196,16 +196,15 @@ def propagate(
         rtol, atol: stop a system when ||b - A z|| <= max(rtol ||b||, atol).
         maxiter: iteration limit of the CG solves (default 10 (H + W) + 1000).
         backend: "auto", "torch", "triton" or "scipy". "auto" picks triton on CUDA; on the
-            CPU the direct solver "scipy" for "grady" images of at most 256 x 256 pixels
-            (384 x 512 with 8 labels or more in an image; when ``preconditioner`` is "auto"
-            too), "torch" otherwise (rule and measurements:
-            docs/multigrid.md).
+            CPU the direct solver "scipy" for "grady" images of at most 512 x 512 pixels
+            (when ``preconditioner`` is "auto" too), "torch" otherwise (rule and
+            measurements: docs/multigrid.md).
         ignore_index: the value of unseeded pixels in ``seeds``.
         check_every: iterations between the host's convergence checks.
         strict: raise :class:`ConvergenceError` instead of warning when a solve fails.
         preconditioner: for the CG backends, "jacobi" (diagonal), "multigrid" (a symmetric
             V-cycle, iterations nearly independent of the image size) or "auto": multigrid
-            for the torch backend from 128 x 128 ("grady") or 256 x 256 ("rawks") pixels,
+            for the torch backend from 128 x 128 ("grady") or 512 x 512 ("rawks") pixels,
             Jacobi below and on triton.
         min_weight: pixels whose total weight sum_l Z_l is at or below it are flagged
             unreachable (P uniform over the labels present, zero gradient). Default

@@ -31,13 +31,13 @@ def triton_available(device: torch.device) -> bool:
 # CPU, Grady model: the sparse direct factorisation up to this many pixels per image, CG above.
 # (RAWKS systems are killed wherever the boundary score is above 0, and CG beat the direct
 # solver at every measured size.)
-DIRECT_MAX_PIXELS = 256 * 256
+DIRECT_MAX_PIXELS = 512 * 512
 # ... and up to this many with at least DIRECT_MANY_LABELS labels in an image (the factorisation
 # is shared by the labels, CG's work grows with them).
-DIRECT_MAX_PIXELS_MANY_LABELS = 384 * 512
+DIRECT_MAX_PIXELS_MANY_LABELS = 512 * 512
 DIRECT_MANY_LABELS = 8
 # The torch backend: multigrid from this many pixels per image, Jacobi below.
-MULTIGRID_MIN_PIXELS = {"grady": 128 * 128, "rawks": 256 * 256}
+MULTIGRID_MIN_PIXELS = {"grady": 128 * 128, "rawks": 512 * 512}
 
 
 def choose_solver(
