@@ -184,7 +184,7 @@ def dense_matrix(diag: torch.Tensor, right: torch.Tensor, down: torch.Tensor) ->
     return A
 
 
-def coarsest_inverse(A: torch.Tensor) -> torch.Tensor:
+def coarsest_inverse(A: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     """Inverse of a batch of symmetric diagonally dominant M-matrices on their grounded part.
 
     Unknowns with a zero row (the frame, padding, empty aggregates) and components without
@@ -197,20 +197,24 @@ def coarsest_inverse(A: torch.Tensor) -> torch.Tensor:
     small (and which is not a smooth function of the coefficients).
     """
     n = A.shape[-1]
+    # eps: the precision the coefficients were computed in (a float32 degree minus its edges
+    # leaves rounding noise, not excess, in a component that no seed reaches).
+    eps = torch.finfo(A.dtype).eps if eps is None else eps
     diag = torch.diagonal(A, dim1=-2, dim2=-1)
     reach = connected(A)
     component_excess = reach @ torch.clamp(A.sum(dim=-1), min=0.0).unsqueeze(-1)
     component_diag = reach @ diag.unsqueeze(-1)
-    grounded = ((component_excess > n * torch.finfo(A.dtype).eps * component_diag) & (diag.unsqueeze(-1) > 0)).squeeze(-1)
+    grounded = ((component_excess > n * eps * component_diag) & (diag.unsqueeze(-1) > 0)).squeeze(-1)
     keep = grounded.to(A.dtype)
     mask = keep.unsqueeze(-1) * keep.unsqueeze(-2)
     factor, info = torch.linalg.cholesky_ex(A * mask + torch.diag_embed(1.0 - keep))
-    if bool((info != 0).any()):
-        raise RuntimeError(
-            "multigrid: the coarsest operator is not positive definite on its grounded components "
-            "(rounding in a nearly singular system); solve with preconditioner='jacobi' or in float64"
-        )
-    return torch.cholesky_inverse(factor) * mask * reach
+    inverse = torch.cholesky_inverse(factor)
+    failed = info != 0
+    if bool(failed.any()):
+        # A nearly singular grounded block (rounding): its symmetric positive semi-definite
+        # pseudo-inverse keeps the cycle symmetric and CG convergent, at eigh's accuracy.
+        inverse[failed] = torch.linalg.pinv((A * mask)[failed], hermitian=True)
+    return inverse * mask * reach
 
 
 def connected(A: torch.Tensor) -> torch.Tensor:
@@ -265,7 +269,7 @@ def build_hierarchy(
         levels.append(level)
         if height * width <= options.coarsest_pixels or (height == 1 and width == 1):
             A = dense_matrix(_framed(diag), _framed(right), _framed(down))
-            level.coarsest_inverse = coarsest_inverse(A).to(dtype).contiguous()
+            level.coarsest_inverse = coarsest_inverse(A, torch.finfo(dtype).eps).to(dtype).contiguous()
             return levels
         p, excess, right, down = coarsen(*(_pad_even(t) for t in (excess, right, down, active)), options.coarse_edge_scale)
         level.prolongation = flat(p[:, :height, :width])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hypothesis import settings
+from hypothesis import strategies as st
 
 # Without a GPU the Triton kernels run in Triton's interpreter on CPU tensors. The switch
 # must be set before any @triton.jit function is created, that is before rawks_triton's
@@ -87,3 +88,22 @@ def no_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         yield
+
+
+@st.composite
+def problems(draw, dtype, max_labels=6, densities=(0.0, 0.003, 0.02, 0.1, 0.5, 1.0), offsets=(0.0, 0.5, 3.0, 30.0)):
+    """(model, scores, seeds, num_labels): sizes 1..40 a side, random seed layouts, scores from 0 to large."""
+    model = draw(st.sampled_from(["rawks", "grady"]))
+    n = draw(st.integers(1, 3))
+    h = draw(st.integers(1, 40))
+    w = draw(st.integers(1, 40))
+    num_labels = draw(st.integers(1, max_labels))
+    density = draw(st.sampled_from(densities))
+    offset = draw(st.sampled_from(offsets))
+    # float32 cannot resolve Grady conductance contrasts much beyond exp(6) (docs/numerics.md)
+    max_spread = 6.0 if (dtype == torch.float32 and model == "grady") else 20.0
+    spread = draw(st.floats(0.0, max_spread))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scores = random_scores(rng, n, h, w, offset, spread, dtype)
+    seeds = random_seeds(rng, n, h, w, num_labels, density)
+    return model, scores, seeds, num_labels

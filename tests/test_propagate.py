@@ -10,27 +10,7 @@ from hypothesis import strategies as st
 
 import rawks_triton as rt
 
-from conftest import SOLVE_RTOL, assert_close, compare_with_reference, random_scores, random_seeds
-
-
-@st.composite
-def problems(draw, dtype):
-    """Sizes 1..40 a side, 1..6 labels, random seed layouts, scores from 0 to large."""
-    model = draw(st.sampled_from(["rawks", "grady"]))
-    n = draw(st.integers(1, 3))
-    h = draw(st.integers(1, 40))
-    w = draw(st.integers(1, 40))
-    num_labels = draw(st.integers(1, 6))
-    density = draw(st.sampled_from([0.0, 0.003, 0.02, 0.1, 0.5, 1.0]))
-    offset = draw(st.sampled_from([0.0, 0.5, 3.0, 30.0]))
-    # float32 cannot resolve Grady conductance contrasts much beyond exp(6) (docs/numerics.md)
-    max_spread = 6.0 if (dtype == torch.float32 and model == "grady") else 20.0
-    spread = draw(st.floats(0.0, max_spread))
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    scores = random_scores(rng, n, h, w, offset, spread, dtype)
-    seeds = random_seeds(rng, n, h, w, num_labels, density)
-    return model, scores, seeds, num_labels
+from conftest import SOLVE_RTOL, assert_close, compare_with_reference, problems, random_scores, random_seeds
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
