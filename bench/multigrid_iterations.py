@@ -163,7 +163,7 @@ def time_backends(sizes, labels, models, repeats: int) -> list[str]:
                         runs.append(time.perf_counter() - start)
                     times.append(sorted(runs)[len(runs) // 2])
                 fastest = methods[min(range(len(methods)), key=times.__getitem__)]
-                picked = choose_solver("auto", "auto", torch.device("cpu"), height, width, model, num_labels)
+                picked = choose_solver("auto", "auto", torch.device("cpu"), height, width, model)
                 name = lambda m: m[0] if m[0] == "scipy" else f"{m[0]} {m[1]}"  # noqa: E731
                 line = (
                     f"| {model} | {height}x{width} | {num_labels} | " + " | ".join(f"{1e3 * t:.0f}" for t in times)

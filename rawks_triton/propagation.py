@@ -223,9 +223,7 @@ def propagate(
     seeds = _check_seeds(seeds, scores, num_labels, ignore_index)
     n_images, height, width = seeds.shape
     systems = compact_labels(seeds, num_labels, ignore_index)
-    # labels per image: only the CPU rule uses them (reading them on CUDA would synchronise)
-    labels = int(systems.present.sum(dim=1).max()) if n_images and scores.device.type == "cpu" else 0
-    backend, preconditioner = choose_solver(backend, options.preconditioner, scores.device, height, width, model, labels)
+    backend, preconditioner = choose_solver(backend, options.preconditioner, scores.device, height, width, model)
     options = replace(options, preconditioner=preconditioner)
     scores = scores.contiguous()
     dtype, device = scores.dtype, scores.device
