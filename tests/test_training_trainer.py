@@ -215,3 +215,193 @@ def test_reach_penalty_is_finite_and_reaches_the_boundary():
     penalty.sum().backward()
     assert math.isfinite(float(penalty[0].detach())) and float(penalty[0].detach()) > 0
     assert bool((boundary.grad[0] > 0).any()) and torch.all(boundary.grad[1] == 0)
+
+
+# ---- resume inside a logging window ------------------------------------------------------------
+
+DETERMINISTIC = ("step", "phase", "kind", "split", "loss", "q_miou", "q_accuracy", "p_miou", "p_accuracy", "p_miou_abstain", "abstained", "images")
+
+
+@pytest.fixture
+def one_thread():
+    """One CPU thread, so that every reduction runs in one order (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _window_run(tmp_path, name):
+    # 10 steps, a train row every 5, checkpoints at 3, 6 and 9: a checkpoint inside each window.
+    return tiny(tmp_path, name, steps=10, log_every=5, checkpoint_every=3, eval_every=10, figures=0)
+
+
+def _deterministic_rows(out):
+    return [{k: r[k] for k in DETERMINISTIC} for r in _rows(out / "metrics.csv")]
+
+
+@pytest.mark.parametrize("interruption", ["stop-after-6", "stop-after-7", "ctrl-c-at-step-7"])
+def test_resume_inside_a_logging_window_writes_the_rows_of_the_uninterrupted_run(tmp_path, one_thread, interruption):
+    straight = Trainer(_window_run(tmp_path, "straight"))
+    straight.run()
+    config = _window_run(tmp_path, "resumed")
+    if interruption.startswith("stop-after"):
+        train(config, stop_after=int(interruption.rsplit("-", 1)[1]))
+    else:
+        trainer = Trainer(config)
+        train_step = trainer.train_step
+
+        def interrupted_at_7(step):
+            if step == 7:
+                raise KeyboardInterrupt
+            return train_step(step)
+
+        trainer.train_step = interrupted_at_7
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run()
+    resumed = Trainer(TrainConfig(out=config.out), resume=True)
+    assert resumed.start_step in (6, 7) and resumed.window["steps"] == resumed.start_step - 5
+    resumed.run()
+    expected, got = _deterministic_rows(straight.out), _deterministic_rows(resumed.out)
+    assert [r["step"] for r in got if r["kind"] == "train"] == ["5", "10"]
+    assert got == expected, f"metrics.csv after resume differs:\n{got}\nuninterrupted:\n{expected}"
+    for row in _rows(resumed.out / "metrics.csv"):
+        if row["kind"] == "train":
+            assert float(row["images_per_second"]) > 0 and float(row["seconds"]) > 0
+
+
+def test_metrics_log_on_resume_drops_later_and_cut_short_rows(tmp_path):
+    from rawks_triton.training.trainer import CSV_FIELDS, MetricsLog
+
+    path = tmp_path / "metrics.csv"
+    full = lambda step: ",".join([str(step), "joint", "train", "", "0.5"] + [""] * (len(CSV_FIELDS) - 5))  # noqa: E731
+    path.write_text(",".join(CSV_FIELDS) + "\n" + "\n".join([full(5), full(10), full(15), "2,jo"]) + "\n")
+    MetricsLog(path, resume_step=10)
+    assert [r["step"] for r in _rows(path)] == ["5", "10"]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temporary file left
+
+
+# ---- checkpoints: plain values, weights_only, atomic writes, clear errors ----------------------
+
+
+def _plain_types(value, where="checkpoint"):
+    """Paths inside ``value`` holding anything but tensors, dict/list/tuple and str/int/float/bool/None."""
+    if isinstance(value, (torch.Tensor, str, int, float, bool, type(None))):
+        return []
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in ([] if isinstance(k, (str, int)) else [f"{where} key {k!r}"]) + _plain_types(v, f"{where}[{k!r}]")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _plain_types(v, f"{where}[{i}]")]
+    return [f"{where}: {type(value).__name__}"]
+
+
+@pytest.mark.parametrize("protocol", ["joint", "sparse"])
+def test_a_checkpoint_holds_only_plain_values_and_loads_with_weights_only(tmp_path, protocol):
+    from rawks_triton.training.trainer import load_checkpoint
+
+    summary = train(tiny(tmp_path, protocol=protocol, steps=2, log_every=1, checkpoint_every=1, eval_every=100, figures=0))
+    payload = torch.load(summary.checkpoint, map_location="cpu", weights_only=True)
+    assert _plain_types(payload) == []
+    assert {"config", "step", "q", "b", "q_opt", "b_opt", "meta", "train_window"} <= set(payload)
+    assert payload["step"] == 2 and payload["config"]["protocol"] == protocol
+    assert (payload["b"] is None) == (protocol == "sparse")
+    assert TrainConfig.from_dict(payload["config"]) == tiny(tmp_path, protocol=protocol, steps=2, log_every=1, checkpoint_every=1, eval_every=100, figures=0)
+    assert load_checkpoint(summary.checkpoint)["step"] == 2
+
+
+class RunsCode:
+    """Unpickling this creates a file: what a hostile checkpoint could do instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_load_checkpoint_refuses_objects_that_would_run_code(tmp_path):
+    from rawks_triton.training.trainer import CheckpointError, load_checkpoint
+
+    summary = train(tiny(tmp_path, steps=1, eval_every=100, figures=0))
+    payload = torch.load(summary.checkpoint, weights_only=True)
+    marker = tmp_path / "code-ran"
+    payload["meta"]["extra"] = RunsCode(marker)
+    torch.save(payload, tmp_path / "hostile.pt")
+    with pytest.raises(CheckpointError, match=r"hostile.pt is not a usable checkpoint: it holds a Python object \(.*open\)"):
+        load_checkpoint(tmp_path / "hostile.pt")
+    assert not marker.exists(), "loading the checkpoint ran code from it"
+
+
+def test_save_checkpoint_refuses_values_that_weights_only_cannot_load(tmp_path):
+    from pathlib import Path
+
+    from rawks_triton.training.trainer import save_checkpoint
+
+    with pytest.raises(TypeError, match=r"checkpoint\['config'\]\['out'\] is a pathlib\..*Path; a checkpoint holds only tensors"):
+        save_checkpoint(tmp_path / "c.pt", {"config": {"out": Path("runs")}, "q": {"w": torch.zeros(1)}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_writes_are_fsynced_and_atomic(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from rawks_triton.training.trainer import save_checkpoint
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append("replace in its folder" if os.path.dirname(source) == os.path.dirname(target) else "replace")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "q": {"w": torch.ones(3)}})
+    expected = ["fsync file", "replace in its folder"] + (["fsync folder"] if hasattr(os, "O_DIRECTORY") else [])
+    assert events == expected
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+    def fails_midway(obj, f):
+        f.write(b"PK partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", fails_midway)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, {"step": 2, "q": {"w": torch.ones(3)}})
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1  # the old checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # and no temporary file is left
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda p: p["config"].update(bogus=1), r"its config is invalid: unknown TrainConfig field\(s\) \['bogus'\]"),
+        (lambda p: p["config"].update(steps=-3), r"its config is invalid: `steps` must be >= 1, got -3"),
+        (lambda p: p["config"].update(arch="huge"), r"its config is invalid: `arch` must be one of .*got 'huge'"),
+        (lambda p: p["config"].update(lr="fast"), r"its config is invalid: `lr` must be a real number, got str"),
+        (lambda p: p.update(step="3"), r"'step' must be an int >= 0, got '3'"),
+        (lambda p: p.update(meta={}), r"'meta' must hold an int num_labels >= 1"),
+        (lambda p: p.update(b=None), r"protocol 'joint' needs the boundary network 'b'"),
+        (lambda p: p.pop("q_opt"), r"it lacks \['q_opt'\]"),
+        (lambda p: p["q"].update(extra=torch.zeros(2)), r"its Q network 'q' does not fit the network its config describes"),
+    ],
+    ids=["unknown-field", "bad-steps", "bad-arch", "bad-lr-type", "bad-step", "bad-meta", "no-b", "no-q-opt", "wrong-q"],
+)
+def test_a_checkpoint_with_bad_contents_is_a_clear_error(tmp_path, change, match):
+    from rawks_triton.training.trainer import CheckpointError, load_checkpoint, networks_from_checkpoint
+
+    summary = train(tiny(tmp_path, steps=1, eval_every=100, figures=0))
+    payload = torch.load(summary.checkpoint, weights_only=True)
+    change(payload)
+    torch.save(payload, summary.checkpoint)
+    with pytest.raises(CheckpointError, match=match):
+        networks_from_checkpoint(load_checkpoint(summary.checkpoint), source=summary.checkpoint)
+    with pytest.raises(CheckpointError, match=match):
+        Trainer(TrainConfig(out=str(summary.out)), resume=True)

@@ -9,9 +9,14 @@ Protocols (the paper's Table 2):
 * ``dense``: cross-entropy of Q on the dense truth (datasets with masks); no B.
 
 Everything a step does is a function of (seed, step): the batch (a permutation per
-epoch), the flips, the learning rate. A checkpoint holds the step, the networks and the
-optimisers, so ``resume`` continues an interrupted run exactly, and K processes under
-``torchrun`` (DDP) with batch b take the steps of one process with batch K*b.
+epoch), the flips, the learning rate. A checkpoint holds the step, the networks, the
+optimisers and the running sums of the unfinished logging window, so ``resume``
+continues an interrupted run exactly (same weights, same metrics.csv rows), and K
+processes under ``torchrun`` (DDP) with batch b take the steps of one process with batch K*b.
+
+Checkpoints hold only tensors, dicts, lists, strings and numbers, and are read with
+``torch.load(..., weights_only=True)``: a file from someone else cannot run code. A file
+that is not a readable checkpoint raises :class:`CheckpointError` naming it.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ import csv
 import json
 import math
 import os
+import re
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from numbers import Real
 from pathlib import Path
 
 import torch
@@ -86,7 +94,14 @@ class TrainConfig:
     out: str = "runs/train"
     progress: bool = True
 
-    def validate(self) -> "TrainConfig":
+    def __post_init__(self):
+        for name in ("data_root", "weights", "out"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, os.fspath(value))
+
+    def validate(self, check_files: bool = True) -> "TrainConfig":
+        """Raise ValueError/TypeError naming the first bad field; ``check_files=False`` skips the `weights` file."""
         _checks.check_choice("data", self.data, DATASETS)
         parse_options(self.data, self.data_options)
         _checks.check_choice("protocol", self.protocol, PROTOCOLS)
@@ -114,7 +129,18 @@ class TrainConfig:
                 raise ValueError(f"`q_only_steps` must be < `steps` ({self.steps}), got {self.q_only_steps}")
             if self.protocol != "joint-then-q" and self.q_only_steps:
                 raise ValueError(f"`q_only_steps` is only for protocol='joint-then-q', got protocol={self.protocol!r}")
-        if self.weights is not None and not Path(self.weights).is_file():
+        for name in ("data_root", "weights", "device", "out", "backend"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"`{name}` must be a str, got {type(value).__name__} ({value!r})")
+        if not isinstance(self.data_options, dict):
+            raise TypeError(f"`data_options` must be a dict, got {type(self.data_options).__name__} ({self.data_options!r})")
+        if isinstance(self.initial_logit, bool) or not isinstance(self.initial_logit, Real) or not math.isfinite(self.initial_logit):
+            raise TypeError(f"`initial_logit` must be a finite real number, got {self.initial_logit!r}")
+        for name in ("augment", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` must be a bool, got {getattr(self, name)!r}")
+        if check_files and self.weights is not None and not Path(self.weights).is_file():
             raise ValueError(f"`weights` must be a local state-dict file, got {self.weights!r} (no such file)")
         return self
 
@@ -146,8 +172,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        """A config from ``asdict`` output; unknown keys raise ValueError (nothing is dropped silently)."""
+        if not isinstance(values, dict):
+            raise TypeError(f"a TrainConfig needs a dict of fields, got {type(values).__name__}")
+        unknown = sorted(str(k) for k in set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+        return cls(**values)
 
 
 class ListApply(nn.Module):
@@ -202,63 +233,242 @@ def group_by_size(samples: list[Sample]) -> list[list[Sample]]:
     return list(groups.values())
 
 
-def _atomic_write(path: Path, write) -> None:
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable, where the platform can open a folder (POSIX)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write, text: bool = False) -> None:
+    """Write ``path`` through ``write(file)`` so that a reader sees the old file or the whole new one.
+
+    The data goes to a temporary file in the same folder, is flushed and fsynced, then
+    renamed over ``path`` (os.replace is atomic on one file system), and the folder is
+    fsynced so that the rename survives a power cut. On an error the temporary file is
+    removed and ``path`` is untouched.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(value, where: str = "checkpoint") -> None:
+    """Raise TypeError unless ``value`` is tensors, dicts, lists, tuples, str, int, float, bool and None."""
+    if isinstance(value, (torch.Tensor, *PLAIN)):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where} has a key {key!r} of type {type(key).__name__}; only str and int keys load with weights_only=True")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__}; a checkpoint holds only tensors, "
+        "dicts, lists, tuples, str, int, float, bool and None (so that it loads with weights_only=True)"
+    )
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    """torch.save ``payload`` atomically; TypeError if it holds anything weights_only=True would refuse."""
+    _check_plain(payload)
+    _atomic_write(path, lambda f: torch.save(payload, f))
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint written by ``rawks train``; the message names it."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No file where a checkpoint was expected."""
+
+
+EXPECTED = "expected a checkpoint written by `rawks train`"
+# What Trainer.checkpoint writes; "train_window" is optional (older checkpoints lack it).
+CHECKPOINT_KEYS = ("config", "step", "q", "b", "q_opt", "b_opt", "meta")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    line = text[0].split(". ")[0] if text else ""
+    return f"{type(err).__name__}: {line[:200]}" if line else type(err).__name__
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    if isinstance(value, dict):
+        keys = [str(k) for k in list(value)[:6]]
+        return f"a dict with keys {keys}{' ...' if len(value) > 6 else ''}"
+    return f"a {type(value).__name__}"
+
+
+def _is_state_dict(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def check_checkpoint(payload, path) -> TrainConfig:
+    """The config of a loaded checkpoint; CheckpointError naming ``path`` and the first problem found."""
+
+    def bad(problem: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a usable checkpoint: {problem} ({EXPECTED})")
+
+    if not isinstance(payload, dict):
+        raise bad(f"it holds {_describe(payload)}, not the dict of a training checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in payload]
+    if missing:
+        raise bad(f"it lacks {missing}; it holds {_describe(payload)}")
+    try:
+        config = TrainConfig.from_dict(payload["config"]).validate(check_files=False)
+    except (TypeError, ValueError) as err:
+        raise bad(f"its config is invalid: {err}") from None
+    step = payload["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise bad(f"'step' must be an int >= 0, got {step!r}")
+    meta = payload["meta"]
+    for key in ("num_labels", "in_channels"):
+        value = meta.get(key) if isinstance(meta, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(f"'meta' must hold an int {key} >= 1, got {_describe(meta) if value is None else repr(value)}")
+    if not _is_state_dict(payload["q"]):
+        raise bad(f"'q' must be a state dict (str -> tensor), got {_describe(payload['q'])}")
+    if not isinstance(payload["q_opt"], dict):
+        raise bad(f"'q_opt' must be an optimiser state dict, got {_describe(payload['q_opt'])}")
+    if config.uses_boundaries:
+        if not _is_state_dict(payload["b"]) or not isinstance(payload["b_opt"], dict):
+            raise bad(f"protocol {config.protocol!r} needs the boundary network 'b' and its optimiser 'b_opt', "
+                      f"got {_describe(payload['b'])} and {_describe(payload['b_opt'])}")
+    elif payload["b"] is not None:
+        raise bad(f"protocol {config.protocol!r} has no boundary network, but 'b' holds {_describe(payload['b'])}")
+    window = payload.get("train_window")
+    if window is not None:
+        ok = isinstance(window, dict) and isinstance(window.get("steps"), int) and window["steps"] >= 0 and all(
+            isinstance(window.get(k), (int, float)) and math.isfinite(window[k]) for k in ("loss_sum", "seconds")
+        )
+        if not ok:
+            raise bad(f"'train_window' must hold loss_sum, steps and seconds, got {window!r}")
+    return config
+
+
+def _load_problem(err: Exception) -> str:
+    """What a torch.load error means, in one line."""
+    if isinstance(err, PermissionError):
+        return f"it cannot be opened ({_first_line(err)})"
+    text = str(err)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"it holds a Python object ({refused.group(1)}) besides tensors, containers and numbers, which is "
+                "not loaded because loading it could run code from the file")
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    reason = f"{type(err).__name__}: {detail.group(1)[:200]}" if detail else _first_line(err)
+    return f"it cannot be read, the file is truncated, corrupt or not a torch.save file ({reason})"
 
 
 def load_checkpoint(path) -> dict:
+    """The payload of a checkpoint written by ``rawks train``, read with ``weights_only=True``.
+
+    Raises :class:`CheckpointNotFoundError` for a missing file and :class:`CheckpointError`
+    for anything else that is not a readable, well-formed checkpoint (truncated, corrupt,
+    another kind of torch file, objects that only an unsafe load would build, an invalid
+    config); the message names the path and what is wrong.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (expected a file written by `rawks train`)")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or "config" not in payload or "q" not in payload:
-        raise ValueError(f"{path} is not a rawks_triton training checkpoint (missing 'config' or 'q')")
+        found = "a folder" if path.is_dir() else "nothing"
+        raise CheckpointNotFoundError(f"no checkpoint at {path}: {EXPECTED}, found {found}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on the pickle protocol of a foreign file
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every reader error means the same to the user
+        raise CheckpointError(f"{path} is not a usable checkpoint: {_load_problem(err)} ({EXPECTED})") from None
+    check_checkpoint(payload, path)
     return payload
 
 
-def networks_from_checkpoint(payload: dict, device="cpu"):
-    """(config, Q, B or None, meta) rebuilt from a checkpoint, in eval mode."""
-    config = TrainConfig.from_dict(payload["config"])
+def _load_state(target, state, what: str, source) -> None:
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{source}: its {what} does not fit the network its config describes ({_first_line(err)})") from None
+
+
+def networks_from_checkpoint(payload: dict, device="cpu", source="the checkpoint"):
+    """(config, Q, B or None, meta) rebuilt from a checkpoint, in eval mode.
+
+    ``source`` names the checkpoint in errors (e.g. its path).
+    """
+    config = check_checkpoint(payload, source)
     meta = payload["meta"]
     q_net = build_segmentation_net(config.arch, meta["in_channels"], meta["num_labels"], config.q_width)
-    q_net.load_state_dict(payload["q"])
+    _load_state(q_net, payload["q"], "Q network 'q'", source)
     b_net = None
     if payload.get("b") is not None:
         b_net = build_boundary_net(config.arch, meta["in_channels"], config.b_width, initial_logit=config.initial_logit)
-        b_net.load_state_dict(payload["b"])
+        _load_state(b_net, payload["b"], "boundary network 'b'", source)
         b_net.to(device).eval()
     return config, q_net.to(device).eval(), b_net, meta
 
 
 class MetricsLog:
-    """metrics.csv of a run (rank 0 only); on resume, rows past the checkpoint are dropped."""
+    """metrics.csv of a run (rank 0 only); on resume, rows past the checkpoint are dropped.
+
+    The file is rewritten atomically on resume; rows that do not parse (a line cut short
+    by a crash) are dropped with the rows past the checkpoint.
+    """
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
-        if resume_step is None or not path.is_file():
-            with open(path, "w", newline="") as f:
-                csv.DictWriter(f, CSV_FIELDS).writeheader()
-            return
-        with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        rows = []
+        if resume_step is not None and path.is_file():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if _step_of(r) is not None and _step_of(r) <= resume_step]
 
-        def write(tmp):
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, CSV_FIELDS)
-                writer.writeheader()
-                writer.writerows(rows)
+        def write(f):
+            writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
 
-        _atomic_write(path, write)
+        _atomic_write(path, write, text=True)
 
     def append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, CSV_FIELDS).writerow({k: _fmt(row.get(k)) for k in CSV_FIELDS})
+
+
+def _step_of(row: dict) -> int | None:
+    """The step of a metrics.csv row, None for a row cut short or malformed."""
+    if None in row or any(value is None for value in row.values()):
+        return None
+    try:
+        return int(row["step"])
+    except ValueError:
+        return None
 
 
 def _fmt(value):
@@ -281,10 +491,14 @@ class Trainer:
         out = Path(config.out)
         self.start_step = 0
         payload = None
+        # The running sums of the logging window that the checkpoint step fell into.
+        self.window = {"loss_sum": 0.0, "steps": 0, "seconds": 0.0}
         if resume:
             payload = load_checkpoint(out / CHECKPOINT)
             config = TrainConfig.from_dict({**payload["config"], "out": str(out), **(overrides or {})})
-            self.start_step = int(payload["step"])
+            self.start_step = payload["step"]
+            if payload.get("train_window") is not None:
+                self.window = dict(payload["train_window"])
         self.config = config.validate()
         self.out = out
         self.device = torch.device(config.device)
@@ -307,11 +521,14 @@ class Trainer:
         if self.b_net is not None:
             self.b_opt = torch.optim.Adam(self.b_net.parameters(), lr=config.boundary_lr or config.lr, weight_decay=config.weight_decay)
         if payload is not None:
-            self.q_net.load_state_dict(payload["q"])
-            self.q_opt.load_state_dict(payload["q_opt"])
+            source = out / CHECKPOINT
+            _load_state(self.q_net, payload["q"], "Q network 'q'", source)
+            _load_state(self.q_opt, payload["q_opt"], "Q optimiser 'q_opt'", source)
             if self.b_net is not None:
-                self.b_net.load_state_dict(payload["b"])
-                self.b_opt.load_state_dict(payload["b_opt"])
+                if payload["b"] is None:
+                    raise CheckpointError(f"{source}: protocol {config.protocol!r} needs a boundary network, and the checkpoint has none")
+                _load_state(self.b_net, payload["b"], "boundary network 'b'", source)
+                _load_state(self.b_opt, payload["b_opt"], "boundary optimiser 'b_opt'", source)
         self.q_model = self._wrap(self.q_net)
         self.b_model = self._wrap(self.b_net) if self.b_net is not None else None
         self.log = MetricsLog(out / METRICS, self.start_step if resume else None) if self.dist.is_main else None
@@ -433,8 +650,10 @@ class Trainer:
                 written.append(save_panels(self.out / "figures" / f"step{step:06d}_{split}.png", rows, title))
         return written
 
-    def checkpoint(self, step: int) -> Path:
+    def checkpoint(self, step: int, window: dict | None = None) -> Path:
+        """Write checkpoint.pt at ``step``; ``window``: the running sums of the unfinished logging window."""
         path = self.out / CHECKPOINT
+        window = {"loss_sum": 0.0, "steps": 0, "seconds": 0.0} if window is None else window
         if self.dist.is_main:
             save_checkpoint(
                 path,
@@ -451,6 +670,7 @@ class Trainer:
                         "class_names": list(self.splits.class_names),
                         "world_size": self.dist.world_size,
                     },
+                    "train_window": window,
                 },
             )
         return path
@@ -458,14 +678,28 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self, stop_after: int | None = None) -> RunSummary:
-        """Train from the current step to ``config.steps`` (or only ``stop_after`` more steps)."""
+        """Train from the current step to ``config.steps`` (or only ``stop_after`` more steps).
+
+        A train row of metrics.csv averages the losses of the steps since the previous row.
+        The running sums of that window (loss, steps, seconds) go into every checkpoint, so
+        that a resumed run writes the same rows as an uninterrupted one.
+        """
         from tqdm.auto import tqdm
 
         cfg, main = self.config, self.dist.is_main
         end = cfg.steps if stop_after is None else min(cfg.steps, self.start_step + stop_after)
-        window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        # Seconds of the current window before window_start: the time spent in it before a resume.
+        window_loss, window_steps, window_seconds = float(self.window["loss_sum"]), int(self.window["steps"]), float(self.window["seconds"])
+        window_start = time.perf_counter()
         results: dict = {}
         step = self.start_step
+
+        def window_state(reduce: bool = True) -> dict:
+            # Under DDP each rank sums its own losses; the mean over ranks of the sums, continued
+            # by every rank after a resume, gives the same mean over ranks at the next row.
+            loss_sum = distributed.all_reduce_mean(self.dist, window_loss) if reduce else window_loss
+            return {"loss_sum": loss_sum, "steps": window_steps, "seconds": window_seconds + time.perf_counter() - window_start}
+
         bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.protocol}", disable=not (cfg.progress and main))
         try:
             while step < end:
@@ -476,21 +710,23 @@ class Trainer:
                 window_steps += 1
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     mean_loss = distributed.all_reduce_mean(self.dist, window_loss / window_steps)
-                    elapsed = time.perf_counter() - window_start
+                    elapsed = window_seconds + time.perf_counter() - window_start
                     speed = window_steps * cfg.batch_size * self.dist.world_size / max(elapsed, 1e-9)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{speed:.1f}")
                     if main:
                         self.log.append({"step": step, "phase": cfg.phase(step - 1), "kind": "train", "loss": mean_loss, "images_per_second": speed, "seconds": elapsed})
-                    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                    window_loss, window_steps, window_seconds, window_start = 0.0, 0, 0.0, time.perf_counter()
                 if step % cfg.checkpoint_every == 0 or step == end:
-                    self.checkpoint(step)
+                    self.checkpoint(step, window_state())
                 if step % cfg.eval_every == 0 or step == cfg.steps:
+                    window_seconds += time.perf_counter() - window_start  # the window's speed leaves evaluation out
                     if main:
                         results = self.evaluate(step)
                     distributed.barrier(self.dist)
                     window_start = time.perf_counter()
         except KeyboardInterrupt:
-            self.checkpoint(step)
+            # No collective here: the other processes may not have been interrupted at this step.
+            self.checkpoint(step, window_state(reduce=False))
             bar.close()
             if main:
                 print(f"\ninterrupted at step {step}; checkpoint written to {self.out / CHECKPOINT}; "
@@ -530,4 +766,7 @@ def format_table(results: dict, title: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PROTOCOLS", "RunSummary", "TrainConfig", "Trainer", "format_table", "load_checkpoint", "networks_from_checkpoint", "train"]
+__all__ = [
+    "PROTOCOLS", "CheckpointError", "CheckpointNotFoundError", "RunSummary", "TrainConfig", "Trainer", "format_table",
+    "load_checkpoint", "networks_from_checkpoint", "train",
+]
