@@ -4,7 +4,7 @@
     rawks train --data grabcut --data-root ../shared/data/grabcut --steps 600 --out runs/grabcut
     rawks train --out runs/grabcut --resume      # continue an interrupted run exactly
     rawks eval --checkpoint runs/grabcut/checkpoint.pt
-    rawks propagate --image im.jpg --scribbles im-anno.png --unlabelled 0 --out out/im
+    rawks propagate --image im.jpg --scribbles im-anno.png --unlabelled 0 --map 1=1,2=0 --out out/im   # GrabCut files
 
 Under ``torchrun --nproc_per_node=K -m rawks_triton.cli train ...`` the training runs
 with DistributedDataParallel (see :mod:`rawks_triton.training.distributed`).
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 
 class UsageError(ValueError):
     """A bad command line or input file; reported as ``rawks <command>: error: ...``."""
@@ -77,6 +78,14 @@ def _options(pairs) -> dict:
     return options
 
 
+# rawks propagate refuses a scribble map that labels more than this fraction of the pixels
+# (unless --allow-dense): scribbles are sparse, and a dense map almost always means a
+# wrong --unlabelled.
+DENSE_SCRIBBLES = 0.5
+# labels.png stores a label per pixel in 8 bits.
+MAX_LABELS = 256
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rawks", description="Random-walk label propagation: training and tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,13 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="folder for eval.json and figures (default: the checkpoint's folder)")
     ev.add_argument("--no-progress", action="store_true")
 
-    prop = sub.add_parser("propagate", help="scribbles -> dense labels for one image",
-                          description="Propagate the scribbles of one image; write labels, probabilities and confidence.")
+    prop = sub.add_parser(
+        "propagate", help="scribbles -> dense labels for one image",
+        description=(
+            "Propagate the scribbles of one image; write labels, probabilities and confidence. "
+            "The scribble PNG holds one value per pixel (palette index or grey level): --unlabelled marks "
+            "pixels without a scribble, every other value is the label of a scribble (or what --map makes of it). "
+            f"A map in which more than {DENSE_SCRIBBLES:.0%} of the pixels would be scribbles is refused unless "
+            "--allow-dense is given (usually --unlabelled is wrong: the error names the most frequent value), "
+            "and one in which every pixel is a scribble is always refused. A value that is not a label "
+            "(0 .. labels-1, from the checkpoint or --num-labels) is an error."
+        ),
+        epilog=(
+            "GrabCut scribbles (0 unlabelled, 1 foreground, 2 background) with a checkpoint trained on "
+            "--data grabcut (labels 0 background, 1 foreground): --unlabelled 0 --map 1=1,2=0"
+        ),
+    )
     prop.add_argument("--image", required=True)
-    prop.add_argument("--scribbles", required=True, help="label PNG: value = label, --unlabelled elsewhere")
-    prop.add_argument("--unlabelled", type=int, default=255, help="scribble value of unlabelled pixels (default 255)")
+    prop.add_argument("--scribbles", required=True, help="scribble PNG: a label per scribbled pixel, --unlabelled elsewhere")
+    prop.add_argument("--unlabelled", type=int, default=255,
+                      help="the value of pixels without a scribble (default 255; GrabCut files use 0)")
+    prop.add_argument("--map", action="append", default=[], metavar="VALUE=LABEL[,VALUE=LABEL...]",
+                      help="the label of each scribble value in the file (repeatable); every scribbled value must be "
+                           "mapped. Default: label = value. GrabCut files: --map 1=1,2=0")
+    prop.add_argument("--allow-dense", action="store_true",
+                      help=f"accept a scribble map that labels more than {100 * DENSE_SCRIBBLES:.0f}%% of the pixels")
     prop.add_argument("--checkpoint", help="use the learned boundaries (and Q) of this checkpoint")
-    prop.add_argument("--num-labels", type=int, help="label count (default: from the checkpoint, else largest label + 1)")
+    prop.add_argument("--num-labels", type=int, help="label count (default: from the checkpoint, else the largest label + 1)")
     prop.add_argument("--model", default="rawks", choices=("rawks", "grady"))
     prop.add_argument("--backend", default="auto")
     prop.add_argument("--gain", type=float, default=2000.0, help="without a checkpoint: B = gain * relu(|grad I| - 0.02)^2")
@@ -170,7 +199,7 @@ def cmd_eval(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     payload = load_checkpoint(args.checkpoint)
-    config, q_net, b_net, meta = networks_from_checkpoint(payload, args.device)
+    config, q_net, b_net, meta = networks_from_checkpoint(payload, args.device, source=args.checkpoint)
     if args.propagation_scale is not None:
         config = replace(config, propagation_scale=args.propagation_scale).validate()
     data = args.data or config.data
@@ -220,6 +249,91 @@ def hand_made_boundary(image: torch.Tensor, gain: float) -> torch.Tensor:
     return gain * torch.relu(magnitude - 0.02) ** 2
 
 
+def parse_value_map(specs: list[str]) -> dict[int, int]:
+    """["1=1,2=0", ...] (--map) -> {file value: label}."""
+    mapping: dict[int, int] = {}
+    for spec in specs:
+        for pair in spec.split(","):
+            value, sep, label = pair.partition("=")
+            try:
+                value, label = int(value), int(label)
+            except ValueError:
+                value = label = None
+            if not sep or value is None or label < 0:
+                raise UsageError(f"--map expects VALUE=LABEL pairs of integers (label >= 0), e.g. 1=1,2=0; got {pair!r}")
+            if mapping.get(value, label) != label:
+                raise UsageError(f"--map maps value {value} twice, to {mapping[value]} and to {label}")
+            mapping[value] = label
+    return mapping
+
+
+def _most_frequent(values: np.ndarray) -> tuple[int, float]:
+    found, counts = np.unique(values, return_counts=True)
+    best = int(counts.argmax())
+    return int(found[best]), float(counts[best]) / values.size
+
+
+def scribbles_from_values(raw: np.ndarray, path, unlabelled: int, value_map: dict[int, int], num_labels: int | None,
+                          labels_from: str, allow_dense: bool = False) -> tuple[torch.Tensor, int, list[str]]:
+    """A scribble PNG's values -> ([H, W] int64 labels, -1 unscribbled; the label count; warnings to print).
+
+    ``num_labels`` None: the largest label + 1. UsageError (naming --unlabelled, --map or
+    --num-labels) for a map that would seed (nearly) every pixel, for values that are not
+    labels, and for a map without any scribble.
+    """
+    scribbled = raw != unlabelled
+    fraction = float(scribbled.mean())
+    top, top_fraction = _most_frequent(raw)
+    hint = ""
+    if top != unlabelled:
+        hint = (f"; the most frequent value is {top} ({100 * top_fraction:.1f}% of the pixels): "
+                f"if {top} marks pixels without a scribble, pass --unlabelled {top}")
+    if fraction == 1.0:
+        raise UsageError(f"{path}: with --unlabelled {unlabelled} (a value no pixel has), every pixel would be a "
+                         f"scribble and nothing is left to propagate to{hint}")
+    if fraction > DENSE_SCRIBBLES and not allow_dense:
+        raise UsageError(f"{path}: with --unlabelled {unlabelled}, {100 * fraction:.1f}% of the pixels would be scribbles; "
+                         f"scribbles are sparse, so more than {100 * DENSE_SCRIBBLES:.0f}% is refused (pass --allow-dense "
+                         f"if it is meant){hint}")
+    if not scribbled.any():
+        raise UsageError(f"{path} has no scribbled pixel (every value is --unlabelled={unlabelled})")
+    values = sorted(int(v) for v in np.unique(raw[scribbled]))
+    if value_map:
+        if unlabelled in value_map:
+            raise UsageError(f"--map maps {unlabelled}, the --unlabelled value; pixels of that value have no scribble")
+        unmapped = [v for v in values if v not in value_map]
+        if unmapped:
+            raise UsageError(f"{path} holds scribble value(s) {unmapped[:10]} that --map does not map "
+                             f"(--map covers {sorted(value_map)}; --unlabelled is {unlabelled}){hint}")
+        labels = np.full(raw.shape, -1, dtype=np.int64)
+        for value in values:
+            labels[raw == value] = value_map[value]
+    else:
+        labels = np.where(scribbled, raw, -1).astype(np.int64)
+    present = sorted(int(v) for v in np.unique(labels[labels >= 0]))
+    notes = []
+    if num_labels is None:
+        num_labels = present[-1] + 1
+        if num_labels > MAX_LABELS:
+            raise UsageError(f"{path} holds label {present[-1]}; labels.png has room for {MAX_LABELS} labels: "
+                             f"pass --unlabelled, --map or --num-labels to say what the values mean{hint}")
+        missing = sorted(set(range(num_labels)) - set(present))
+        if missing:
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            notes.append(f"{path} has no scribble of label(s) {missing[:10]}{more} below its largest label "
+                            f"{num_labels - 1}: they get probability 0, and the outputs use the file's values as labels "
+                            "(--map VALUE=LABEL renumbers them, e.g. --map 1=1,2=0 for GrabCut files)")
+    else:
+        unknown = [v for v in present if v >= num_labels]
+        if unknown:
+            origin = [v for v in values if value_map.get(v, v) in unknown]
+            mapped = " after --map" if value_map else ""
+            raise UsageError(f"{path} holds scribble value(s) {origin[:10]} that are not labels{mapped}: the labels are "
+                             f"0 .. {num_labels - 1} ({labels_from}); map file values to labels with --map VALUE=LABEL "
+                             f"(e.g. --map 1=1,2=0 for GrabCut files) or check --unlabelled ({unlabelled}){hint}")
+    return torch.from_numpy(labels), num_labels, notes
+
+
 def cmd_propagate(args) -> int:
     from PIL import Image
 
@@ -231,15 +345,19 @@ def cmd_propagate(args) -> int:
     q_net = b_net = None
     channels, alpha = 3, 2.0
     settings = PropagationSettings(model=args.model, backend=args.backend)
-    num_labels = args.num_labels
+    num_labels, labels_from = args.num_labels, f"--num-labels {args.num_labels}"
+    if num_labels is not None and not 1 <= num_labels <= MAX_LABELS:
+        raise UsageError(f"--num-labels must be in [1, {MAX_LABELS}], got {num_labels}")
+    value_map = parse_value_map(args.map)
     if args.checkpoint:
         from .training.trainer import load_checkpoint, networks_from_checkpoint
 
-        config, q_net, b_net, meta = networks_from_checkpoint(load_checkpoint(args.checkpoint))
+        config, q_net, b_net, meta = networks_from_checkpoint(load_checkpoint(args.checkpoint), source=args.checkpoint)
         if b_net is None:
             raise UsageError(f"checkpoint {args.checkpoint} has no boundary network (protocol {config.protocol!r})")
         channels, alpha, settings = meta["in_channels"], config.alpha, config.propagation
-        num_labels = num_labels or meta["num_labels"]
+        if num_labels is None:
+            num_labels, labels_from = meta["num_labels"], f"from the checkpoint {args.checkpoint}"
     if args.alpha is not None:
         alpha = args.alpha
     for path in (args.image, args.scribbles):
@@ -249,13 +367,11 @@ def cmd_propagate(args) -> int:
     raw = read_label_png(Path(args.scribbles))
     if raw.shape != tuple(image.shape[1:]):
         raise UsageError(f"scribbles {args.scribbles} are {raw.shape[0]}x{raw.shape[1]}, the image {image.shape[1]}x{image.shape[2]}")
-    scribbles = torch.from_numpy(np.where(raw == args.unlabelled, -1, raw))
-    if not bool((scribbles >= 0).any()):
-        raise UsageError(f"{args.scribbles} has no scribbled pixel (every value is --unlabelled={args.unlabelled})")
-    largest = int(scribbles.max())
-    num_labels = num_labels or largest + 1
-    if largest >= num_labels:
-        raise UsageError(f"the scribbles hold label {largest}, outside [0, {num_labels}) (--num-labels)")
+    scribbles, num_labels, notes = scribbles_from_values(
+        raw, args.scribbles, args.unlabelled, value_map, num_labels, labels_from, args.allow_dense
+    )
+    for note in notes:
+        print(f"rawks propagate: warning: {note}", file=sys.stderr)
     with torch.no_grad():
         boundary = b_net(image[None]) if b_net is not None else hand_made_boundary(image, args.gain)
         start = time.perf_counter()
@@ -323,13 +439,15 @@ def cmd_demo(args) -> int:
 
 def main(argv=None) -> int:
     from .training.data import DataFolderError
+    from .training.trainer import CheckpointError
 
     args = build_parser().parse_args(argv)
     handler = {"train": cmd_train, "eval": cmd_eval, "propagate": cmd_propagate, "demo": cmd_demo}[args.command]
     try:
         return handler(args)
-    except (DataFolderError, FileNotFoundError, ValueError, ImportError) as err:
-        print(f"rawks {args.command}: error: {err}", file=sys.stderr)
+    except (CheckpointError, DataFolderError, FileNotFoundError, ValueError, ImportError) as err:
+        message = " ".join(str(err).split())  # one line, whatever the message held
+        print(f"rawks {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
