@@ -32,7 +32,7 @@ import torch
 from bench.problems import ASPECTS, BATCHES, LABEL_CASES, SIZES, shape_of
 
 DEFAULT_CPU_WORK = 2**18
-RTOL = 1e-4  # the tolerance of the targets
+RTOL = 1e-3  # the library default: P and the gradient to about 1e-3 (docs/numerics.md)
 
 
 GRIDS = ("default", "full", "smoke")

@@ -30,10 +30,10 @@ class RandomWalkSolve(torch.autograd.Function):
     def forward(ctx, diag, right, down, systems: LabelSystems, backend_cls, options: SolverOptions, record: SolveRecord, unit_edges: bool):
         stencil = build_stencil(diag, right, down, systems.free, unit_edges=unit_edges)
         rhs = right_hand_sides(right, down, systems)
-        backend = backend_cls(stencil, systems, options, rhs)
+        backend = backend_cls(stencil, systems, options)
         x, stats = backend.solve(rhs)
         record.forward = stats
-        report(stats, options, "forward", systems.image_index, systems.label_index)
+        report(stats, options, "forward", systems.image_index, systems.label_index, options.preconditioner)
         Z = x + systems.seed_indicator(x.dtype)
         ctx.backend, ctx.systems, ctx.options, ctx.record = backend, systems, options, record
         ctx.save_for_backward(x, Z)
@@ -49,9 +49,9 @@ class RandomWalkSolve(torch.autograd.Function):
         # there is a definition, not a solution.
         support = (systems.per_image_sum(x.abs()) > 0).index_select(0, systems.image_index)
         g = torch.where(support & systems.free.index_select(0, systems.image_index), grad_Z, torch.zeros_like(grad_Z))
-        adjoint, stats = ctx.backend.solve(g.contiguous())
+        adjoint, stats = ctx.backend.solve_adjoint(g.contiguous())
         ctx.record.adjoint = stats
-        report(stats, ctx.options, "adjoint", systems.image_index, systems.label_index)
+        report(stats, ctx.options, "adjoint", systems.image_index, systems.label_index, ctx.options.preconditioner)
         edges = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         grad_diag, grad_right, grad_down = ctx.backend.coefficient_gradients(adjoint, x, Z, edges)
         return grad_diag, grad_right, grad_down, None, None, None, None, None

@@ -16,31 +16,45 @@ from torch import nn
 from . import _checks
 from .autograd import RandomWalkSolve, SolveRecord
 from .backends import BACKENDS, choose_solver, get_backend
-from .cg import SolverOptions
+from .cg import SolverOptions, SolveStats
 from .coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
 from .systems import compact_labels
 
 MODELS = ("rawks", "grady")
 PRECONDITIONERS = ("jacobi", "multigrid")  # what preconditioner="auto" chooses from
 
+# The reach threshold tau of each model: the total weight S = sum_l Z_l at or below which a
+# pixel counts as unreachable (docs/numerics.md, "Reachability", gives the reasoning).
+# "rawks": S is the probability that a walk from the pixel reaches a scribble before it is
+# killed; 1e-19 is about sqrt of float32's smallest normal number, so S, its square and
+# 1 / S stay normal floats in both dtypes, and the iterative solvers resolve P to about
+# 1e-5 down to it in float32 (measured on learned boundaries). "grady": the walk is never
+# killed, so S is exactly 1 on every component joined to a seed and 0 elsewhere.
+REACH_THRESHOLDS = {"rawks": 1e-18, "grady": 0.5}
 
-def reach_threshold(dtype: torch.dtype, min_weight: float = 0.0) -> float:
-    """Total weight sum_l Z_l at or below which a pixel counts as unreachable.
 
-    The larger of ``min_weight`` and sqrt(smallest normal number); above the latter,
-    Z / sum Z and its derivative 1 / sum Z are finite with room to spare (float32:
-    1.1e-19, float64: 1.5e-154).
+def reach_threshold(model: str = "rawks", dtype: torch.dtype = torch.float32, min_weight: float | None = None) -> float:
+    """tau: the total weight sum_l Z_l at or below which a pixel counts as unreachable.
+
+    ``REACH_THRESHOLDS[model]``, or ``min_weight`` when given; never below sqrt(smallest
+    normal number of ``dtype``) (float32: 1.1e-19, float64: 1.5e-154), above which Z / sum Z
+    and its derivative 1 / sum Z are finite. The same on every backend.
     """
-    return max(float(min_weight), math.sqrt(torch.finfo(dtype).tiny))
+    tau = REACH_THRESHOLDS[model] if min_weight is None else float(min_weight)
+    return max(tau, math.sqrt(torch.finfo(dtype).tiny))
 
 
-def rawks_score_ceiling(dtype: torch.dtype) -> float:
-    """Largest boundary score used by the "rawks" model; larger scores are clamped to it.
+# The largest boundary score of the "rawks" model; larger scores are clamped to it (and get
+# a zero gradient). A walk that enters a pixel at the ceiling survives with exp(-80) = 2e-35,
+# far below the reach threshold, so nothing behind such a wall is reachable through it
+# anyway; 4 exp(80) = 2e35 leaves float32 a factor of 1500 of headroom for the sums of the
+# multigrid hierarchy. The same for both dtypes, so float32 and float64 agree.
+RAWKS_SCORE_CEILING = 80.0
 
-    Half the exponent range, so that 4 exp(B) and its square stay finite (float32: 43,
-    float64: 353). A pixel at the ceiling is a wall: exp(-43) is far below float32 precision.
-    """
-    return float(math.floor(0.5 * math.log(torch.finfo(dtype).max)) - 1)
+
+def rawks_score_ceiling(dtype: torch.dtype | None = None) -> float:
+    """The largest boundary score of the "rawks" model (the same for every dtype)."""
+    return RAWKS_SCORE_CEILING
 
 
 @dataclass
@@ -53,16 +67,17 @@ class PropagationResult:
 
     P: torch.Tensor  # [N, L, H, W] probabilities; absent labels are exactly 0
     Z: torch.Tensor  # [N, L, H, W] partition functions (1 / 0 on seeds, 0 for absent labels)
-    reachable: torch.Tensor  # [N, H, W] bool, sum_l Z_l above reach_threshold(dtype, min_weight)
+    reachable: torch.Tensor  # [N, H, W] bool, sum_l Z_l above reach_threshold(model, dtype, min_weight)
     has_seeds: torch.Tensor  # [N] bool
     image_index: torch.Tensor  # [S] int64
     label_index: torch.Tensor  # [S] int64
     iterations: torch.Tensor  # [S] int64, CG iterations of the forward solve (0 for "scipy")
-    residual: torch.Tensor  # [S] final true relative residual of the forward solve
-    converged: torch.Tensor  # [S] bool
+    error: torch.Tensor  # [S] certified estimate of the largest error of P (at pixels with S >= tau)
+    residual: torch.Tensor  # [S] final true relative residual ||b - A z|| / ||b|| of the forward solve
+    converged: torch.Tensor  # [S] bool, error <= rtol (with atol, see propagate)
     backend: str
     model: str
-    preconditioner: str = "jacobi"  # "jacobi" or "multigrid" (CG backends), "none" ("scipy")
+    preconditioner: str = "multigrid"  # "jacobi" or "multigrid" (CG backends), "none" ("scipy")
     _record: SolveRecord = field(default_factory=SolveRecord, repr=False)
 
     @property
@@ -77,6 +92,11 @@ class PropagationResult:
     @property
     def adjoint_residual(self) -> torch.Tensor | None:
         return None if self._record.adjoint is None else self._record.adjoint.residual
+
+    @property
+    def adjoint_error(self) -> torch.Tensor | None:
+        """[S] certified estimate of the adjoint's gradient error relative to the largest gradient."""
+        return None if self._record.adjoint is None else self._record.adjoint.error
 
     @property
     def adjoint_converged(self) -> torch.Tensor | None:
@@ -135,7 +155,7 @@ def _check_seeds(seeds, scores: torch.Tensor, num_labels: int, ignore_index: int
 
 
 def _check_options(
-    num_labels, model, rtol, atol, maxiter, backend, ignore_index, check_every, strict, preconditioner
+    num_labels, model, rtol, atol, maxiter, backend, ignore_index, check_every, strict, preconditioner, min_weight
 ) -> SolverOptions:
     _checks.check_int("num_labels", num_labels, minimum=1)
     _checks.check_choice("model", model, MODELS)
@@ -148,25 +168,32 @@ def _check_options(
     ignore_index = _checks.check_int("ignore_index", ignore_index)
     if 0 <= ignore_index < num_labels:
         raise ValueError(f"`ignore_index` must lie outside [0, {num_labels}) (the labels), got {ignore_index}")
-    check_every = _checks.check_int("check_every", check_every, minimum=1)
+    if check_every is not None:
+        check_every = _checks.check_int("check_every", check_every, minimum=1)
     if not isinstance(strict, bool):
         raise TypeError(f"`strict` must be a bool, got {type(strict).__name__}")
+    if min_weight is not None:
+        min_weight = _checks.check_nonnegative_real("min_weight", min_weight)
     return SolverOptions(
-        rtol=rtol, atol=atol, maxiter=maxiter, check_every=check_every, strict=strict, preconditioner=preconditioner
+        rtol=rtol, atol=atol, maxiter=maxiter, check_every=check_every, strict=strict, preconditioner=preconditioner,
+        tau=REACH_THRESHOLDS[model] if min_weight is None else min_weight,
     )
 
 
 def _coefficients(scores: torch.Tensor, edges: bool, model: str):
     if model == "rawks":
         return rawks_coefficients(torch.clamp(scores, max=rawks_score_ceiling(scores.dtype)))
-    diag, right, down = grady_edge_coefficients(scores) if edges else grady_node_coefficients(scores)
-    if not bool(torch.isfinite(diag).all()):
-        what = "edge weights are too large" if edges else "scores are too negative (exp(-(B_i + B_j) / 2) overflows)"
-        raise ValueError(
-            f"`boundary`: the Grady conductances overflow {scores.dtype}: the {what}. The model is invariant "
-            f"to a common scale of the weights (a common shift of the scores): rescale them"
-        )
-    return diag, right, down
+    # P is invariant to a common scale of the Grady conductances, so each image's are
+    # normalised (the largest edge weight is 1, the smallest score 0) with a detached factor:
+    # the gradient is unchanged, and neither a shift of the scores nor a scale of the edges
+    # can overflow or underflow the dtype. Conductances below the dtype's range after that
+    # (a contrast beyond exp(87) in float32) are 0: the edge is cut.
+    if edges:
+        used = torch.cat([scores[:, 0, :, :-1].flatten(1), scores[:, 1, :-1, :].flatten(1)], dim=1).detach()
+        largest = used.amax(dim=1) if used.shape[1] else used.new_ones(used.shape[0])
+        largest = torch.where(largest > 0, largest, torch.ones_like(largest)).view(-1, 1, 1, 1)
+        return grady_edge_coefficients(scores / largest)
+    return grady_node_coefficients(scores - scores.detach().flatten(1).amin(dim=1).view(-1, 1, 1))
 
 
 def propagate(
@@ -175,12 +202,12 @@ def propagate(
     num_labels: int,
     model: str = "rawks",
     *,
-    rtol: float = 1e-4,
+    rtol: float = 1e-3,
     atol: float = 0.0,
     maxiter: int | None = None,
     backend: str = "auto",
     ignore_index: int = -1,
-    check_every: int = 8,
+    check_every: int | None = None,
     strict: bool = False,
     preconditioner: str = "auto",
     min_weight: float | None = None,
@@ -193,40 +220,46 @@ def propagate(
         seeds: [N, H, W] integer label map, labels in [0, num_labels) or ``ignore_index``.
         num_labels: L, the size of the label space (only labels present are solved).
         model: "rawks" (node costs, d = 4 exp(B), unit edges) or "grady" (conductances).
-        rtol, atol: stop a system when ||b - A z|| <= max(rtol ||b||, atol).
+        rtol, atol: what "converged" means. The forward solve stops when, at every pixel,
+            the certified error estimate of each Z_l is at most max(rtol max(S, tau), atol)
+            with S = sum_l Z_l: P is then accurate to about rtol wherever S >= tau. The
+            adjoint solve of ``backward`` stops when the estimated error of the gradient is
+            at most rtol times its largest entry (or atol). rtol = atol = 0 solves to the
+            rounding floor of the dtype (docs/numerics.md).
         maxiter: iteration limit of the CG solves (default 10 (H + W) + 1000).
         backend: "auto", "torch", "triton" or "scipy". "auto" picks triton on CUDA; on the
             CPU the direct solver "scipy" for "grady" images of at most 512 x 512 pixels
             (when ``preconditioner`` is "auto" too), "torch" otherwise (rule and
             measurements: docs/multigrid.md).
         ignore_index: the value of unseeded pixels in ``seeds``.
-        check_every: iterations between the host's convergence checks.
+        check_every: iterations between the host's convergence checks (default: every
+            iteration on the CPU, 2 with multigrid and 8 with Jacobi on CUDA).
         strict: raise :class:`ConvergenceError` instead of warning when a solve fails.
-        preconditioner: for the CG backends, "jacobi" (diagonal), "multigrid" (a symmetric
-            V-cycle, iterations nearly independent of the image size) or "auto": multigrid
-            for the torch backend from 128 x 128 ("grady") or 512 x 512 ("rawks") pixels,
-            Jacobi below and on triton.
-        min_weight: pixels whose total weight sum_l Z_l is at or below it are flagged
-            unreachable (P uniform over the labels present, zero gradient). Default
-            ``rtol``: an iterative solve to ``rtol`` does not resolve weights below it.
+        preconditioner: for the CG backends, "multigrid" (a symmetric V-cycle, iterations
+            nearly independent of the image size; what "auto" picks), or "jacobi" (diagonal;
+            its solves are certified by a multigrid cycle, so on learned boundaries it often
+            fails to converge within ``maxiter``, and says so).
+        min_weight: override of the reach threshold tau (default
+            ``REACH_THRESHOLDS[model]``: 1e-19 for "rawks", 0.5 for "grady"). Pixels whose
+            total weight S = sum_l Z_l is at or below tau are unreachable: P uniform over
+            the labels present, zero gradient.
 
     Returns:
         A :class:`PropagationResult`; ``P`` is [N, L, H, W] and differentiable with
         respect to ``boundary``.
     """
     options = _check_options(
-        num_labels, model, rtol, atol, maxiter, backend, ignore_index, check_every, strict, preconditioner
+        num_labels, model, rtol, atol, maxiter, backend, ignore_index, check_every, strict, preconditioner, min_weight
     )
-    if min_weight is not None:
-        min_weight = _checks.check_nonnegative_real("min_weight", min_weight)
     scores, edges = _check_boundary(boundary, model)
     seeds = _check_seeds(seeds, scores, num_labels, ignore_index)
     n_images, height, width = seeds.shape
     systems = compact_labels(seeds, num_labels, ignore_index)
     backend, preconditioner = choose_solver(backend, options.preconditioner, scores.device, height, width, model)
-    options = replace(options, preconditioner=preconditioner)
     scores = scores.contiguous()
     dtype, device = scores.dtype, scores.device
+    tau = reach_threshold(model, dtype, min_weight)
+    options = replace(options, preconditioner=preconditioner, tau=tau)
 
     record = SolveRecord()
     Z = scores.new_zeros((n_images * num_labels, height, width))
@@ -237,17 +270,22 @@ def propagate(
         )
         Z = Z.index_copy(0, systems.image_index * num_labels + systems.label_index, Zc)
         stats = record.forward
-        iterations, residual, converged = stats.iterations, stats.residual, stats.converged
+        iterations, error, residual, converged = stats.iterations, stats.error, stats.residual, stats.converged
     else:
-        iterations = torch.zeros(0, dtype=torch.int64, device=device)
-        residual = torch.zeros(0, dtype=dtype, device=device)
-        converged = torch.zeros(0, dtype=torch.bool, device=device)
+        # No seed anywhere: P is uniform and its gradient 0, but P stays part of the graph (as a
+        # seed-free image inside a seeded batch does), so that backward() works as usual.
+        if scores.requires_grad:
+            Z = Z + 0.0 * scores.sum()
+        record.forward = record.adjoint = SolveStats.empty(dtype, device)  # nothing to solve, either way
+        iterations, error, residual, converged = (
+            record.forward.iterations, record.forward.error, record.forward.residual, record.forward.converged
+        )
     Z = Z.view(n_images, num_labels, height, width)
 
     # Rounding can leave iterates a hair below 0; P is built from the non-negative part.
     weights = torch.clamp(Z, min=0.0)
     total = weights.sum(dim=1)
-    reachable = total > reach_threshold(dtype, rtol if min_weight is None else min_weight)
+    reachable = total > tau
     present = systems.present.to(dtype)
     count = present.sum(dim=1, keepdim=True)
     # Unreachable pixels: uniform over the labels present (over all labels without seeds).
@@ -262,6 +300,7 @@ def propagate(
         image_index=systems.image_index,
         label_index=systems.label_index,
         iterations=iterations,
+        error=error,
         residual=residual,
         converged=converged,
         backend=backend,
@@ -283,21 +322,19 @@ class RandomWalkPropagation(nn.Module):
         num_labels: int,
         model: str = "rawks",
         *,
-        rtol: float = 1e-4,
+        rtol: float = 1e-3,
         atol: float = 0.0,
         maxiter: int | None = None,
         backend: str = "auto",
         ignore_index: int = -1,
-        check_every: int = 8,
+        check_every: int | None = None,
         strict: bool = False,
         preconditioner: str = "auto",
         min_weight: float | None = None,
     ):
         super().__init__()
-        if min_weight is not None:
-            _checks.check_nonnegative_real("min_weight", min_weight)
         _check_options(
-            num_labels, model, rtol, atol, maxiter, backend, ignore_index, check_every, strict, preconditioner
+            num_labels, model, rtol, atol, maxiter, backend, ignore_index, check_every, strict, preconditioner, min_weight
         )
         self.num_labels = num_labels
         self.model = model

@@ -29,7 +29,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # Tolerances tied to dtype: P and Z against the float64 direct solution.
 TOL = {torch.float64: 1e-5, torch.float32: 1e-3}
 # CG tolerance used when comparing against the exact reference.
-SOLVE_RTOL = {torch.float64: 1e-10, torch.float32: 2e-5}
+SOLVE_RTOL = {torch.float64: 1e-6, torch.float32: 1e-4}
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, rtol: float = 0.0, name: str = "value", mask=None):
@@ -107,3 +107,46 @@ def problems(draw, dtype, max_labels=6, densities=(0.0, 0.003, 0.02, 0.1, 0.5, 1
     scores = random_scores(rng, n, h, w, offset, spread, dtype)
     seeds = random_seeds(rng, n, h, w, num_labels, density)
     return model, scores, seeds, num_labels
+
+
+def learned_scene(rng: np.random.Generator, h: int, w: int, num_labels: int = 2, dtype=torch.float64):
+    """Boundary scores like those of a trained network, and scribbles (one image).
+
+    Near-free interiors (B about 1e-4), walls of scores 20 to 50 that are one or two pixels
+    thick, some with gaps, and pockets closed by them; scribbles in some regions only, so
+    that the total weight S spans many orders of magnitude (down to and below the reach
+    threshold), as on the learned boundaries of docs/benchmarks.md.
+    """
+    scores = 1e-4 * (1.0 + rng.random((h, w)))
+    yy, xx = np.mgrid[0:h, 0:w]
+    n_sites = int(rng.integers(2, 7))
+    sites = np.stack([rng.integers(0, h, n_sites), rng.integers(0, w, n_sites)], axis=1)
+    region = ((yy[None] - sites[:, 0, None, None]) ** 2 + (xx[None] - sites[:, 1, None, None]) ** 2).argmin(0)
+    wall = np.zeros((h, w), dtype=bool)
+    wall[:, 1:] |= region[:, 1:] != region[:, :-1]
+    wall[1:, :] |= region[1:, :] != region[:-1, :]
+    if rng.random() < 0.5:  # thicker walls
+        wall[:, :-1] |= wall[:, 1:]
+    height_of_wall = rng.uniform(20.0, 50.0, size=n_sites)[region]
+    gaps = rng.random((h, w)) < rng.choice([0.0, 0.0, 0.02])
+    scores = np.where(wall & ~gaps, height_of_wall, scores)
+    seeds = np.full((h, w), -1, dtype=np.int64)
+    for site in range(n_sites):
+        if rng.random() < 0.6:
+            y, x = sites[site]
+            inside = (region == site) & ~wall & (np.abs(yy - y) <= 1) & (np.abs(xx - x) <= 3)
+            seeds[inside] = int(rng.integers(0, num_labels))
+    if (seeds < 0).all() and h * w > 1:
+        seeds[sites[0, 0], sites[0, 1]] = 0
+    return torch.from_numpy(scores).to(dtype)[None], torch.from_numpy(seeds)[None]
+
+
+@st.composite
+def learned_problems(draw, dtype, max_side=40, min_side=1):
+    """(scores, seeds, num_labels) from :func:`learned_scene`, sizes min_side..max_side a side."""
+    h = draw(st.integers(min_side, max_side))
+    w = draw(st.integers(min_side, max_side))
+    num_labels = draw(st.integers(1, 3))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scores, seeds = learned_scene(rng, h, w, num_labels, dtype)
+    return scores, seeds, num_labels

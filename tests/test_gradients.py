@@ -97,7 +97,7 @@ def test_rawks_float32_underflow_is_flagged_with_zero_gradient():
     r = rt.propagate(scores, seeds, 3, backend="torch", min_weight=0.0)
     far = ~r.reachable[0]
     assert far[:, -1].all() and r.reachable[0, 2, :3].all()
-    assert float(r.Z.detach().sum(1)[0][far].max()) <= rt.reach_threshold(torch.float32)
+    assert float(r.Z.detach().sum(1)[0][far].max()) <= rt.reach_threshold("rawks", torch.float32, 0.0)
     assert torch.all(r.P[0, :2][:, far] == 0.5) and torch.all(r.P[0, 2] == 0)
     # a loss on the flagged pixels alone has zero gradient; a loss on all pixels is finite
     (r.P[0, 0][far] * 3.0).sum().backward(retain_graph=True)

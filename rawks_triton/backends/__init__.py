@@ -29,12 +29,10 @@ def triton_available(device: torch.device) -> bool:
 
 # The "auto" rule (docs/multigrid.md, "Choosing the solver", gives the measurement behind it).
 # CPU, Grady model: the sparse direct factorisation up to this many pixels per image, CG above
-# (fastest with 3 and with 21 labels at every measured size up to 512 x 512). RAWKS systems
-# are killed wherever the boundary score is above 0, and CG beat the direct solver at every
-# measured size.
+# (fastest with 3 and with 21 labels at every measured size up to 512 x 512). RAWKS: CG with
+# the multigrid preconditioner at every size; on learned boundaries Jacobi-PCG cannot meet
+# the stopping rule in any reasonable number of iterations (docs/benchmarks.md).
 DIRECT_MAX_PIXELS = 512 * 512
-# The torch backend: multigrid from this many pixels per image, Jacobi below.
-MULTIGRID_MIN_PIXELS = {"grady": 128 * 128, "rawks": 512 * 512}
 
 
 def choose_solver(
@@ -45,9 +43,7 @@ def choose_solver(
     * backend "auto": on CUDA "triton" (or "torch" without triton). On the CPU "scipy" (the
       direct factorisation, float64) for the "grady" model when the image has at most
       ``DIRECT_MAX_PIXELS`` pixels and the preconditioner is left to "auto", else "torch".
-    * preconditioner "auto": "multigrid" for the torch backend from
-      ``MULTIGRID_MIN_PIXELS[model]`` pixels per image, "jacobi" below; "jacobi" for triton
-      (its multigrid cycle has not been timed on a GPU yet); "none" for the direct solver.
+    * preconditioner "auto": "multigrid" for the CG backends, "none" for the direct solver.
     """
     pixels = height * width
     direct = device.type == "cpu" and preconditioner == "auto" and model == "grady" and pixels <= DIRECT_MAX_PIXELS
@@ -55,7 +51,7 @@ def choose_solver(
     if backend == "scipy":
         return backend, "none"
     if preconditioner == "auto":
-        preconditioner = "multigrid" if backend == "torch" and pixels >= MULTIGRID_MIN_PIXELS[model] else "jacobi"
+        preconditioner = "multigrid"
     return backend, preconditioner
 
 

@@ -6,18 +6,26 @@ import numpy as np
 import scipy.sparse.linalg as spla
 import torch
 
-from ..cg import SolverOptions, finish_stats, tolerances
+from ..cg import SolveStats, SolverOptions, relative_residual
 from ..reference import assemble_matrix, solvable_pixels
 from ..systems import LabelSystems, Stencil, coefficient_gradients
 
 
 class DirectBackend:
+    """Exact solves; the factorisation is made at the first (forward) solve, whose right-hand
+    sides also tell which pixels touch a seed, and reused by the adjoint solve."""
+
     name = "scipy"
 
-    def __init__(self, stencil: Stencil, systems: LabelSystems, options: SolverOptions, rhs: torch.Tensor):
+    def __init__(self, stencil: Stencil, systems: LabelSystems, options: SolverOptions):
         self.systems = systems
         self.options = options
+        self.stencil = stencil
         self.shape = stencil.shape
+        self.factors = None
+
+    def _factorise(self, rhs: torch.Tensor) -> None:
+        stencil, systems = self.stencil, self.systems
         d = stencil.diag.detach().double().cpu().numpy()
         r = stencil.right.detach().double().cpu().numpy()
         dn = stencil.down.detach().double().cpu().numpy()
@@ -40,6 +48,8 @@ class DirectBackend:
             self.factors[int(n)] = (A, keep, lu)
 
     def solve(self, rhs: torch.Tensor):
+        if self.factors is None:
+            self._factorise(rhs)
         b = rhs.detach().double().cpu().numpy().reshape(rhs.shape[0], -1)
         x = np.zeros_like(b)
         image_index = self.systems.image_index.cpu().numpy()
@@ -52,10 +62,18 @@ class DirectBackend:
             rr[rows] = np.sum(residual * residual, axis=1)
         if not np.all(np.isfinite(x)):
             raise RuntimeError("scipy backend: the direct solve produced non-finite values (degenerate weights)")
-        b_norm, tol = tolerances(torch.from_numpy(b), self.options)
-        iterations = torch.zeros(b.shape[0], dtype=torch.int64)  # a direct solve has none
-        stats = finish_stats(iterations, torch.from_numpy(rr), b_norm, tol).to(rhs.device)
+        count = b.shape[0]
+        residual = relative_residual(torch.from_numpy(rr), torch.from_numpy(np.linalg.norm(b, axis=1)))
+        stats = SolveStats(
+            iterations=torch.zeros(count, dtype=torch.int64),  # a direct solve has none
+            error=torch.zeros(count, dtype=torch.float64),  # exact up to the rounding of one LU solve
+            residual=residual,
+            converged=torch.ones(count, dtype=torch.bool),
+            stalled=torch.zeros(count, dtype=torch.bool),
+        ).to(rhs.device)
         return torch.from_numpy(x).to(device=rhs.device, dtype=rhs.dtype).view(rhs.shape), stats
+
+    solve_adjoint = solve
 
     def coefficient_gradients(self, adjoint, x, Z, edges: bool):
         return coefficient_gradients(adjoint, x, Z, self.systems, edges)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..cg import SolverOptions, TorchPCG, finish_stats, run_pcg, tolerances
-from ..systems import LabelSystems, Stencil, coefficient_gradients
+from ..cg import AdjointRule, ForwardRule, SolverOptions, TorchPCG, run_pcg
+from ..systems import ImageGroups, LabelSystems, Stencil, coefficient_gradients
 
 
 def _padded(t: torch.Tensor) -> torch.Tensor:
@@ -40,16 +40,9 @@ class PaddedStencil:
         self.size = (height + 2) * self.row
         self.lo, self.hi = self.row + 1, self.size - self.row - 1
         n_images = next(iter(per_image.values())).shape[0]
-        counts = torch.bincount(image_index, minlength=n_images)
-        k = int(counts[0]) if n_images else 0
-        sorted_by_image = bool((image_index[1:] >= image_index[:-1]).all()) if image_index.numel() > 1 else True
-        # Systems sorted by image, K per image: [S, M] views as [N, K, M] against [N, 1, M].
-        self.group = k if k > 0 and sorted_by_image and bool((counts == k).all()) else None
-        if self.group is None:
-            coefficients = {name: c.index_select(0, image_index) for name, c in per_image.items()}
-        else:
-            coefficients = {name: c.unsqueeze(1) for name, c in per_image.items()}
+        self.groups = ImageGroups(image_index, n_images)
         lo, hi, row = self.lo, self.hi, self.row
+        coefficients = {name: self.groups.spread(c) for name, c in per_image.items()}
         self.inv_diag = coefficients["inv_diag"]
         self.diag = coefficients["diag"][..., lo:hi]
         # w(k, k+1) is the right weight of k, w(k, k-1) the right weight of k-1 ("left"), etc.
@@ -76,7 +69,7 @@ class PaddedStencil:
 
     def grouped(self, v: torch.Tensor) -> torch.Tensor:
         """[S, M] -> the layout the coefficients broadcast against."""
-        return v.view(-1, self.group, self.size) if self.group is not None else v
+        return self.groups.grouped(v)
 
     def _views(self, x: torch.Tensor, out: torch.Tensor):
         """The interior of ``out`` and the shifted interiors of ``x``, made once per buffer pair."""
@@ -119,15 +112,30 @@ class PaddedStencil:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, stencil: Stencil, systems: LabelSystems, options: SolverOptions, rhs: torch.Tensor):
+    def __init__(self, stencil: Stencil, systems: LabelSystems, options: SolverOptions):
         self.op = PaddedStencil.from_stencil(stencil, systems.image_index)
+        self.stencil = stencil
+        self.certifier = None
         if options.preconditioner == "multigrid":  # the V-cycle of rawks_triton.multigrid replaces Jacobi
-            from ..multigrid import MultigridOperator, build_hierarchy
-
-            self.op = MultigridOperator(self.op, build_hierarchy(stencil, framed=self.op.per_image))
+            self.op = self._multigrid(self.op)
         self.systems = systems
         self.options = options
         self.maxiter = options.maxiter_for(*stencil.shape[1:])
+        self._x_forward = None
+
+    def _multigrid(self, op):
+        from ..multigrid import MultigridOperator, build_hierarchy
+
+        return MultigridOperator(op, build_hierarchy(self.stencil, framed=op.per_image))
+
+    def _certify(self):
+        """The error estimator of the final test: the preconditioner itself for multigrid; for
+        Jacobi a multigrid cycle (built on first use), since r / d misses errors behind walls."""
+        if self.options.preconditioner == "multigrid":
+            return None
+        if self.certifier is None:
+            self.certifier = self._multigrid(PaddedStencil.from_stencil(self.stencil, self.systems.image_index))
+        return self.certifier.precondition
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         """A x for [S, H, W] vectors (tests and diagnostics; the solver uses the padded layout)."""
@@ -136,15 +144,28 @@ class TorchBackend:
         self.op.release_views()
         return self.op.unpad(out)
 
-    def solve(self, rhs: torch.Tensor):
-        b_norm, tol = tolerances(rhs, self.options)
-        pcg = TorchPCG(self.op, self.op.pad(rhs), tol)
+    def _solve(self, rhs: torch.Tensor, rule):
+        b = self.op.pad(rhs)
+        pcg = TorchPCG(self.op, b, rule, self.options, certify=self._certify(), grid_shape=self.stencil.shape[1:])
         try:
-            done = run_pcg(pcg, self.maxiter, self.options.check_every)
+            done = run_pcg(pcg, self.maxiter, self.options.checks_every(rhs.device))
         finally:
             self.op.release_views()
-        x = self.op.unpad(pcg.solution)
-        return x, finish_stats(pcg.iterations, pcg.true_rr, b_norm, tol, self.maxiter, done)
+        rhs_norm = torch.linalg.vector_norm(b.flatten(1), dim=1)
+        return pcg.solution, pcg.stats(rhs_norm, self.maxiter, done)
+
+    def solve(self, rhs: torch.Tensor):
+        """The forward solve A x = b of every system: [S, H, W] -> ([S, H, W], SolveStats)."""
+        x, stats = self._solve(rhs, ForwardRule(self.options, self.op.groups))
+        self._x_forward = x
+        return self.op.unpad(x), stats
+
+    def solve_adjoint(self, rhs: torch.Tensor):
+        """The adjoint solve A lambda = g with the same operator (A is symmetric)."""
+        diag = self.op.per_image["diag"]
+        rule = AdjointRule(self.options, self.op.groups, self._x_forward, diag)
+        x, stats = self._solve(rhs, rule)
+        return self.op.unpad(x), stats
 
     def coefficient_gradients(self, adjoint, x, Z, edges: bool):
         return coefficient_gradients(adjoint, x, Z, self.systems, edges)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from ..cg import SolverOptions, finish_stats, run_pcg, tolerances
+from ..cg import AdjointRule, CertifiedPCG, ForwardRule, SolverOptions, run_pcg
 from ..kernels import (
     MAX_PARTIALS,
     cg_direction_matvec_kernel,
@@ -64,8 +64,9 @@ def _sm_count(device: torch.device) -> int:
 class TritonOperator:
     """The stencil of a batch bound to its systems, with launchers for the kernels."""
 
-    def __init__(self, stencil: Stencil, image_index: torch.Tensor):
+    def __init__(self, stencil: Stencil, image_index: torch.Tensor, groups):
         n_images, height, width = stencil.shape
+        self.groups = groups
         self.hw, self.width = height * width, width
         if self.hw >= 2**31:
             raise ValueError(f"images must have fewer than 2**31 pixels, got {height} x {width}")
@@ -95,28 +96,37 @@ class TritonOperator:
         return self.residual(None, x, torch.empty_like(x))
 
 
-class TritonPCG:
+class TritonPCG(CertifiedPCG):
     """Device state of the batched PCG: vectors [S, H, W], partial sums [S, T], scalars [S].
 
     Jacobi (``preconditioner=None``) is fused into the two CG launches. Any other
     preconditioner is an object whose ``apply(r, out)`` writes z = M r for [S, H, W]
     vectors (M symmetric positive definite on the free pixels, z = 0 on seeds); it runs
     between the two launches, followed by one reduction launch for r' z.
+
+    Which systems are active is decided on the host at the checks (the stopping rules of
+    :mod:`rawks_triton.cg`, a few torch reductions) and written to ``active_cur``; the
+    kernels skip inactive systems (they return at once) and never deactivate one
+    themselves (their ``tol2`` is 0).
     """
 
-    def __init__(self, op: TritonOperator, rhs: torch.Tensor, tol: torch.Tensor, preconditioner=None):
+    def __init__(self, op: TritonOperator, rhs: torch.Tensor, rule, options: SolverOptions, preconditioner=None, certify=None):
         S, T = op.num_systems, op.T
+        self._init_certification(S, options, certify, rhs.dtype, rhs.device, op.stencil.shape[1:])
         self.op = op
+        self.rule = rule
+        self.groups = op.groups
         self.preconditioner = preconditioner
         self.jacobi = preconditioner is None
         self.b = rhs.contiguous()
-        self.tol2 = (tol * tol).to(rhs.dtype).contiguous()
         self.x = torch.zeros_like(self.b)
         self.r = torch.empty_like(self.b)
         self.p = [torch.zeros_like(self.b), torch.empty_like(self.b)]
         self.ap = torch.empty_like(self.b)
-        self.z = self.r if self.jacobi else torch.empty_like(self.b)  # what launch 1 reads
+        self.z = torch.empty_like(self.b)  # M r: written by the preconditioner, or on the host for Jacobi
+        self._buffer = torch.empty_like(self.b)
         new = dict(dtype=rhs.dtype, device=rhs.device)
+        self.tol2 = torch.zeros(S, **new)
         self.rz_part = torch.zeros(S, T, **new)
         self.rr_part = torch.zeros(S, T, **new)
         self.pap_part = torch.zeros(S, T, **new)
@@ -125,16 +135,7 @@ class TritonPCG:
         self.active_cur, self.active_next = torch.ones(S, **ints), torch.empty(S, **ints)
         self.count = torch.zeros(S, **ints)
         self.current = 0
-        self.refresh()
-
-    def refresh(self):
-        """r = b - A x, restart the directions, reactivate systems above tolerance."""
-        self.op.residual(self.b, self.x, self.r, self.rz_part, self.rr_part)
-        self.p[self.current].zero_()
-        self.rz_cur.fill_(1.0)
-        self.active_cur.fill_(1)
-        if not self.jacobi:
-            self._precondition()
+        self._true_residual(first=True)
 
     def _precondition(self):
         """z = M r and the partials of r' z (the systems still active)."""
@@ -150,8 +151,9 @@ class TritonPCG:
         st = op.stencil
         p_old, p_new = self.p[self.current], self.p[1 - self.current]
         grid = (op.num_systems, op.T)
+        # Launch 1 reads r (and forms M r) with fused Jacobi, z otherwise.
         cg_direction_matvec_kernel[grid](
-            self.z, p_old, p_new, self.ap,
+            self.r if self.jacobi else self.z, p_old, p_new, self.ap,
             st.diag, st.right, st.down, st.inv_diag,
             op.image_index, self.tol2,
             self.rz_part, self.rr_part, self.pap_part,
@@ -171,13 +173,66 @@ class TritonPCG:
         self.current = 1 - self.current
         if not self.jacobi:
             self._precondition()
+        # The iteration's CG coefficients, for the spectral floor of the error estimates:
+        # alpha = r'z / p'Ap (rz_cur after launch 2), beta = r_new'z_new / r'z.
+        active = self.active_cur != 0
+        rz = self.rz_cur
+        alpha = torch.where(active, rz / self.pap_part.sum(dim=1), torch.zeros_like(rz))
+        beta = torch.where(active & (rz > 0), self.rz_part.sum(dim=1) / torch.where(rz > 0, rz, torch.ones_like(rz)), torch.zeros_like(rz))
+        self._record(torch.nan_to_num(alpha, nan=0.0, posinf=0.0).clamp(min=0.0), torch.nan_to_num(beta, nan=0.0, posinf=0.0))
 
-    @property
-    def true_rr(self) -> torch.Tensor:
-        return self.rr_part.sum(dim=1)
+    # ---- the hooks of CertifiedPCG ------------------------------------------------------------
+
+    def _z(self) -> torch.Tensor:
+        if self.jacobi:  # the fused kernels never store M r
+            self.groups.multiply(self.r, self.op.stencil.inv_diag, out=self.z)
+        return self.z
+
+    def _working(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def _write_working(self, full: torch.Tensor, values: torch.Tensor) -> None:
+        full.copy_(values)
+
+    def _working_iterations(self) -> torch.Tensor:
+        return self.count.to(torch.int64)
+
+    def _prepare_rule(self, z_for_scale: torch.Tensor | None = None):
+        self.rule.prepare(self.x, z_for_scale)
+
+    def _deactivate(self, passes: torch.Tensor):
+        self.active_cur.mul_((~passes).to(torch.int32))
+
+    def _activate(self, active: torch.Tensor, restart: torch.Tensor):
+        # Residual replacement (see TorchPCG._activate): the kernels left p and rz_cur of
+        # inactive systems as they were, so the next launch 1 goes on with beta = r'z / rz_cur;
+        # a restart is beta = 0 against a zero direction.
+        self.active_cur.copy_(active.to(torch.int32))
+        if bool(restart.any()):
+            view = (-1,) + (1,) * (self.x.dim() - 1)
+            self.p[self.current].mul_((~restart).to(self.x.dtype).view(view))
+            self.rz_cur.masked_fill_(restart, 1.0)
+
+    def _save_best(self, mask: torch.Tensor):
+        view = (-1,) + (1,) * (self.x.dim() - 1)
+        if self._best_x is None:
+            self._best_x = self.x.clone()
+        else:
+            torch.where(mask.view(view), self.x, self._best_x, out=self._best_x)
+
+    def _restore_best(self, mask: torch.Tensor):
+        view = (-1,) + (1,) * (self.x.dim() - 1)
+        torch.where(mask.view(view), self._best_x, self.x, out=self.x)
+
+    def _true_residual(self, first: bool):
+        """r = b - A x with the partials of r' M r and r' r; z = M r and r' z for a general M."""
+        self.active_cur.fill_(1)  # the reductions of the restart cover every system
+        self.op.residual(self.b, self.x, self.r, self.rz_part, self.rr_part)
+        if not self.jacobi:
+            self._precondition()
 
     def any_active(self) -> bool:
-        return bool(((self.active_cur != 0) & (self.true_rr > self.tol2)).any())
+        return bool((self.active_cur != 0).any())
 
     @property
     def iterations(self) -> torch.Tensor:
@@ -187,38 +242,56 @@ class TritonPCG:
 class TritonBackend:
     name = "triton"
 
-    def __init__(self, stencil: Stencil, systems: LabelSystems, options: SolverOptions, rhs: torch.Tensor):
+    def __init__(self, stencil: Stencil, systems: LabelSystems, options: SolverOptions):
         self.preconditioner = None  # Jacobi, fused into the CG kernels
+        self.stencil = stencil
+        self.certifier = None
         if options.preconditioner == "multigrid":
-            try:
-                from .triton_multigrid import multigrid_preconditioner
-            except ImportError as err:
-                raise ValueError(
-                    "`preconditioner`='multigrid' is not available with backend='triton' in this build; "
-                    "use 'jacobi' or backend='torch'"
-                ) from err
             # The hierarchy is built once per image and serves the forward and the adjoint solve.
-            self.preconditioner = multigrid_preconditioner(stencil, systems.image_index)
+            self.preconditioner = self._multigrid(stencil, systems)
         elif options.preconditioner != "jacobi":
             raise ValueError(f"`preconditioner` must be 'jacobi' or 'multigrid' with backend='triton', got {options.preconditioner!r}")
         n_images = stencil.shape[0]
         if n_images > MAX_GRID_Y:
             raise ValueError(f"backend='triton' takes at most {MAX_GRID_Y} images per call, got {n_images}")
-        self.op = TritonOperator(stencil, systems.image_index)
+        self.op = TritonOperator(stencil, systems.image_index, systems.groups)
         self.systems = systems
         self.options = options
         self.maxiter = options.maxiter_for(*stencil.shape[1:])
         counts = torch.bincount(systems.image_index, minlength=n_images)
         self.first_system = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        self._x_forward = None
+
+    @staticmethod
+    def _multigrid(stencil, systems):
+        from .triton_multigrid import multigrid_preconditioner
+
+        return multigrid_preconditioner(stencil, systems.image_index)
+
+    def _certify(self):
+        """The multigrid cycle certifies Jacobi solves (see rawks_triton.cg)."""
+        if self.preconditioner is not None:
+            return None
+        if self.certifier is None:
+            self.certifier = self._multigrid(self.stencil, self.systems)
+        return self.certifier.apply
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         return self.op.matvec(x)
 
+    def _solve(self, rhs: torch.Tensor, rule):
+        pcg = TritonPCG(self.op, rhs, rule, self.options, self.preconditioner, certify=self._certify())
+        done = run_pcg(pcg, self.maxiter, self.options.checks_every(rhs.device))
+        rhs_norm = torch.linalg.vector_norm(rhs.flatten(1), dim=1)
+        return pcg.x, pcg.stats(rhs_norm, self.maxiter, done)
+
     def solve(self, rhs: torch.Tensor):
-        b_norm, tol = tolerances(rhs, self.options)
-        pcg = TritonPCG(self.op, rhs, tol, self.preconditioner)
-        done = run_pcg(pcg, self.maxiter, self.options.check_every)
-        return pcg.x, finish_stats(pcg.iterations, pcg.true_rr, b_norm, tol, self.maxiter, done)
+        x, stats = self._solve(rhs, ForwardRule(self.options, self.op.groups))
+        self._x_forward = x
+        return x, stats
+
+    def solve_adjoint(self, rhs: torch.Tensor):
+        return self._solve(rhs, AdjointRule(self.options, self.op.groups, self._x_forward, self.stencil.diag))
 
     def coefficient_gradients(self, adjoint, x, Z, edges: bool):
         n_images, hw = self.op.stencil.shape[0], self.op.hw

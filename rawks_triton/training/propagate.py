@@ -1,13 +1,11 @@
 """Boundary scores + scribbles -> label probabilities P at the image resolution, for training.
 
-Wraps :func:`rawks_triton.propagate` with what training needs: the backend choice per
-device, an optional lower propagation resolution (the paper propagated at a quarter of
-the image resolution) and float64 for the direct solver.
-
-Default backend: on CUDA the library's "auto" (the Triton kernels); on the CPU "scipy",
-the sparse LU factorisation, which is exact, needs no iteration count that grows with
-the image side, and is reused by the adjoint solve: at 96x128 it takes about 15 ms an
-image against tens of Jacobi-CG iterations per label for "torch".
+Wraps :func:`rawks_triton.propagate` with what training needs: an optional lower
+propagation resolution (the paper propagated at a quarter of the image resolution) and
+the interpolation of P back to the image size. The backend is the library's own choice
+(``backend="auto"``: multigrid-preconditioned CG, torch on the CPU and the Triton kernels
+on CUDA) unless the settings name one; this module keeps no rule of its own. The scores'
+dtype is the solver's: a float32 network propagates in float32.
 """
 
 from __future__ import annotations
@@ -19,22 +17,13 @@ import torch.nn.functional as F
 
 from ..propagation import PropagationResult, propagate
 
-# Below this total weight a pixel counts as unreachable when the solve is exact (scipy).
-DIRECT_MIN_WEIGHT = 1e-100
-
-
 @dataclass(frozen=True)
 class PropagationSettings:
     model: str = "rawks"
     backend: str = "auto"
-    rtol: float = 1e-4
+    rtol: float = 1e-3
     min_weight: float | None = None
     scale: float = 1.0
-
-    def resolved_backend(self, device: torch.device) -> str:
-        if self.backend != "auto":
-            return self.backend
-        return "scipy" if device.type == "cpu" else "auto"
 
 
 def downsample_scribbles(scribbles: torch.Tensor, size: tuple[int, int], num_labels: int) -> torch.Tensor:
@@ -57,18 +46,15 @@ def propagate_scribbles(
     ``boundary`` [N, 1, H, W] >= 0 (differentiable), ``scribbles`` [N, H, W] (-1 unlabelled).
     """
     height, width = boundary.shape[-2:]
-    backend = settings.resolved_backend(boundary.device)
-    scores = boundary.double() if backend == "scipy" else boundary
-    min_weight = settings.min_weight
-    if min_weight is None and backend == "scipy":
-        min_weight = DIRECT_MIN_WEIGHT
+    scores = boundary
     seeds = scribbles
     if settings.scale != 1.0:
         size = (max(1, round(height * settings.scale)), max(1, round(width * settings.scale)))
         scores = F.adaptive_avg_pool2d(scores, size)
         seeds = downsample_scribbles(scribbles, size, num_labels)
     result = propagate(
-        scores, seeds, num_labels, settings.model, backend=backend, rtol=settings.rtol, min_weight=min_weight
+        scores, seeds, num_labels, settings.model, backend=settings.backend, rtol=settings.rtol,
+        min_weight=settings.min_weight,
     )
     P, reachable = result.P, result.reachable
     if settings.scale != 1.0:

@@ -80,7 +80,7 @@ class TrainConfig:
     initial_logit: float = -10.0
     model: str = "rawks"
     backend: str = "auto"
-    rtol: float = 1e-4
+    rtol: float = 1e-3
     min_weight: float | None = None
     propagation_scale: float = 1.0
     augment: bool = True
@@ -208,7 +208,7 @@ def reach_penalty(result) -> torch.Tensor:
     they separate labels.
     """
     total = result.Z.clamp(min=0).sum(dim=1)  # [N, h, w]
-    penalty = -torch.log(total + reach_threshold(total.dtype)).mean(dim=(1, 2))
+    penalty = -torch.log(total + reach_threshold(result.model, total.dtype)).mean(dim=(1, 2))
     return torch.where(result.has_seeds, penalty, torch.zeros_like(penalty))
 
 
