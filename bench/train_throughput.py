@@ -5,8 +5,9 @@
 
 One step is what :meth:`rawks_triton.training.Trainer.train_step` does: the forward pass
 of Q and B (the small default networks), the propagation P of the scribbles with B
-(protocols ``joint``; the scipy LU backend on the CPU, the library's "auto" choice on
-CUDA), the loss, the backward pass through the adjoint solve, and the Adam updates. The
+(protocols ``joint``; the library's ``"auto"`` choice, as in training: multigrid CG in
+float32, torch on the CPU and Triton on CUDA), the loss, the backward pass through the
+adjoint solve, and the Adam updates. The
 ``sparse`` protocol (cross-entropy of Q on the scribbles, no B, no propagation) is timed
 beside it as the cost of the networks alone. The scenes are the synthetic set at 320 x
 480 (3 labels), so no data are needed. Each configuration takes ``--warmup`` untimed
@@ -30,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from bench.markers import write_between_markers
 
 BEGIN, END = "<!-- train-throughput:begin -->", "<!-- train-throughput:end -->"
 
@@ -97,18 +100,6 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
-def write_between_markers(path: Path, text: str) -> bool:
-    """Replace the text between the markers; False (file untouched) when they are absent."""
-    if not path.is_file():
-        return False
-    content = path.read_text()
-    start, end = content.find(BEGIN), content.find(END)
-    if start < 0 or end < start:
-        return False
-    path.write_text(content[: start + len(BEGIN)] + "\n" + text + "\n" + content[end:])
-    return True
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m bench.train_throughput", description=__doc__.split("\n\n")[0])
@@ -130,14 +121,14 @@ def main(argv=None) -> int:
     rows = []
     for device in devices:
         for protocol in args.protocols.split(","):
-            propagation = "-" if protocol in ("sparse", "dense") else f"{'scipy LU' if device == 'cpu' else 'auto'}, scale {args.propagation_scale:g}"
+            propagation = "-" if protocol in ("sparse", "dense") else f"auto, scale {args.propagation_scale:g}"
             print(f"timing {protocol} on {device} ...", file=sys.stderr, flush=True)
             seconds = time_steps(protocol, device, args.batch_size, args.height, args.width, args.warmup, args.repeats, args.propagation_scale)
             rows.append({"device": device_name(device), "protocol": protocol, "propagation": propagation, "seconds": seconds})
     text = table(rows, args)
     print(text)
     if args.write_docs is not None:
-        if write_between_markers(args.write_docs, text):
+        if args.write_docs.is_file() and write_between_markers(args.write_docs, "train-throughput", text):
             print(f"wrote the table into {args.write_docs}", file=sys.stderr)
         else:
             print(f"{args.write_docs} has no {BEGIN} ... {END} markers: printed only", file=sys.stderr)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .cg import SolveStats, SolverOptions, report
 from .systems import LabelSystems, build_stencil, right_hand_sides
@@ -40,8 +39,19 @@ class RandomWalkSolve(torch.autograd.Function):
         return Z
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_Z):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "rawks_triton: the random-walk propagation has no second derivative: backward was asked for a "
+                "graph of the gradient (create_graph=True, or torch.autograd.grad(..., create_graph=True)), and "
+                "the adjoint solve's own derivative is not implemented. Use create_graph=False for the part of "
+                "the loss that goes through propagate (docs/numerics.md, \"Gradients\")."
+            )
+        with torch.no_grad():
+            return RandomWalkSolve._backward(ctx, grad_Z)
+
+    @staticmethod
+    def _backward(ctx, grad_Z):
         x, Z = ctx.saved_tensors
         systems = ctx.systems
         # Pixels where every label's solution is exactly 0 (components that no seed reaches)
@@ -49,9 +59,20 @@ class RandomWalkSolve(torch.autograd.Function):
         # there is a definition, not a solution.
         support = (systems.per_image_sum(x.abs()) > 0).index_select(0, systems.image_index)
         g = torch.where(support & systems.free.index_select(0, systems.image_index), grad_Z, torch.zeros_like(grad_Z))
+        # A NaN or Inf in the incoming gradient propagates, as through any torch op: the
+        # gradient of every pixel of that image is NaN (the adjoint solve couples all of an
+        # image's pixels); the other images are solved as usual.
+        nonfinite = ~torch.isfinite(g).flatten(1).all(dim=1)
+        poisoned = systems.per_image_sum(nonfinite.to(g.dtype)) > 0  # [N]
+        if bool(poisoned.any()):
+            g = torch.where(poisoned.index_select(0, systems.image_index).view(-1, 1, 1), torch.zeros_like(g), g)
         adjoint, stats = ctx.backend.solve_adjoint(g.contiguous())
         ctx.record.adjoint = stats
         report(stats, ctx.options, "adjoint", systems.image_index, systems.label_index, ctx.options.preconditioner)
         edges = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        grad_diag, grad_right, grad_down = ctx.backend.coefficient_gradients(adjoint, x, Z, edges)
+        grads = ctx.backend.coefficient_gradients(adjoint, x, Z, edges)
+        if bool(poisoned.any()):
+            nan = poisoned.view(-1, 1, 1)
+            grads = tuple(None if t is None else t.masked_fill(nan, float("nan")) for t in grads)
+        grad_diag, grad_right, grad_down = grads
         return grad_diag, grad_right, grad_down, None, None, None, None, None

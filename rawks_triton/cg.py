@@ -160,15 +160,15 @@ class ForwardRule:
     def __init__(self, options: SolverOptions, groups):
         self.rtol, self.atol, self.tau = options.rtol, options.atol, options.tau
         self.groups = groups  # the full set of systems: ImageGroups of the backend's layout
+        self._scale = None  # [N, M] max(S, tau)
         self._inv_threshold = None
-        self._inv_scale = None
 
-    def prepare(self, x_full: torch.Tensor, z_full: torch.Tensor | None = None) -> None:
-        total = self.groups.image_sum(x_full)  # [N, M]
-        scale = torch.clamp(total, min=self.tau)
-        threshold = torch.clamp(self.rtol * scale, min=max(self.atol, _tiny(total)))
-        self._inv_threshold = threshold.reciprocal_()
-        self._inv_scale = scale.reciprocal_()
+    def prepare(self, x_full: torch.Tensor, z_full: torch.Tensor | None = None, full: bool = True) -> None:
+        scale = self.groups.image_sum(x_full).clamp_(min=self.tau)  # [N, M]
+        threshold = scale * self.rtol
+        if self.atol > 0 or self.rtol == 0:
+            threshold.clamp_(min=max(self.atol, _tiny(scale)))
+        self._scale, self._inv_threshold = scale, threshold.reciprocal_()
 
     def restrict(self, rows: torch.Tensor) -> "ForwardRule":
         return self  # per-image weights: the layout gathers them
@@ -181,7 +181,7 @@ class ForwardRule:
         return self._max_weighted(groups, z, self._inv_threshold, buffer)
 
     def error(self, groups, z: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
-        return self._max_weighted(groups, z, self._inv_scale, buffer)
+        return self._max_weighted(groups, z, self._scale.reciprocal(), buffer)
 
 
 class AdjointRule:
@@ -198,20 +198,26 @@ class AdjointRule:
         self.rtol, self.atol = options.rtol, options.atol
         self.groups = groups
         self.x_forward = x_forward  # [S, M] the forward solutions in the backend's layout
-        self.x_working = x_forward.abs()
+        self.x_working = x_forward
         self.diag = diag  # [N, M] per image
+        self._gradient_scale = None
         self._weight_threshold = None
         self._weight_scale = None
 
     def _scale(self, lam: torch.Tensor) -> torch.Tensor:
         """[N] max_i d_i sum_l |lam_l,i| |x_l,i| (products in an order that cannot overflow first)."""
-        per_pixel = self.groups.image_sum(lam.abs().mul_(self.x_forward.abs())).mul_(self.diag)
+        per_pixel = self.groups.image_sum(torch.mul(lam, self.x_forward).abs_()).mul_(self.diag)
         return torch.linalg.vector_norm(per_pixel.flatten(1), ord=math.inf, dim=1)
 
-    def prepare(self, x_full: torch.Tensor, z_full: torch.Tensor | None = None) -> None:
+    def prepare(self, x_full: torch.Tensor, z_full: torch.Tensor | None = None, full: bool = True) -> None:
+        """``full=False``: keep the gradient scale G of the last full preparation (it settles
+        within a few iterations; the certification always recomputes it)."""
+        if not full and self._gradient_scale is not None:
+            return
         scale = self._scale(x_full)
         if z_full is not None and bool((scale == 0).any()):
             scale = torch.where(scale > 0, scale, self._scale(z_full))
+        self._gradient_scale = scale
         view = (-1,) + (1,) * (self.diag.dim() - 1)
         # An image whose gradient scale is 0 (no incoming gradient reaches its pixels) has
         # nothing left to solve: weight 0.
@@ -223,11 +229,11 @@ class AdjointRule:
     def restrict(self, rows: torch.Tensor) -> "AdjointRule":
         rule = AdjointRule.__new__(AdjointRule)
         rule.__dict__.update(self.__dict__)
-        rule.x_working = self.x_forward.index_select(0, rows).abs_()
+        rule.x_working = self.x_forward.index_select(0, rows)
         return rule
 
     def _max_weighted(self, groups, z, weight_img, buffer):
-        torch.mul(z.abs(), self.x_working, out=buffer)
+        torch.mul(z, self.x_working, out=buffer).abs_()
         weighted = groups.multiply(buffer, weight_img, out=buffer)
         return torch.linalg.vector_norm(weighted.flatten(1), ord=math.inf, dim=1)
 
@@ -286,6 +292,7 @@ class CertifiedPCG:
         self._best_at = torch.zeros(count, dtype=torch.int64, device=device)
         self._window = options.stagnation_window(shape)
         self._checked = False
+        self._checks = 0
         # The CG coefficients since the last restart ([S] float64 each, alpha = 0 once a system
         # is inactive) and the smallest Ritz value of M A seen so far (see _spectrum_floor).
         self._alphas: list[torch.Tensor] = []
@@ -293,6 +300,7 @@ class CertifiedPCG:
         self.spectrum_floor = torch.ones(count, dtype=torch.float64, device=device)
         self._last_recursive = torch.full((count,), math.inf, dtype=dtype, device=device)
         self._last_certified = torch.full((count,), math.inf, dtype=dtype, device=device)
+        self._last_predicted = torch.full((count,), math.inf, dtype=dtype, device=device)
         # the best certified iterate, kept once a system goes on after a failed certification
         self._best_x = None
         self._best_error = self._best_rr = self._best_failing = None
@@ -346,14 +354,17 @@ class CertifiedPCG:
             self._checked = True
             self._certify_true_residual(reactivate=True, first=True)
             return
-        self._prepare_rule()
+        self._checks += 1
+        self._prepare_rule(full=self._checks % 4 == 0)
         plain = self.rule.measure(self.groups, self._z(), self._buffer)
-        # What the certification will find (see _certify_true_residual): the preconditioner's
-        # estimate over the spectral floor, and, for Jacobi, the multigrid cycle's estimate
-        # (predicted by the ratio of the two at the last certification).
+        # A prediction of what the certification will find (see _certify_true_residual): the
+        # estimate over the spectral floor, times the calibration, the factor by which the
+        # certifications so far found the predictions optimistic (for Jacobi the multigrid
+        # cycle sees more than r / d; in float32 the recursive residual drifts from the true one).
         measure = plain * self._working(self.calibration)
         if bool((measure <= 1.0).any()):  # candidates: only they need the eigenvalue problem
-            measure = torch.maximum(measure, plain * self._spectral_factor())
+            measure = measure * self._spectral_factor()
+        self._write_working(self._last_predicted, measure)
         if self.options.floor_mode:
             passes = plain <= DECOUPLING * self._working(self._last_certified)
         else:
@@ -388,21 +399,27 @@ class CertifiedPCG:
             # where the Krylov space has not reached yet); the larger estimate counts.
             certify_z = self._certify(self.r, torch.empty_like(self.r))
             by_cycle = self.rule.measure(self.groups, certify_z, self._buffer)
-            ratio = by_cycle / plain.clamp(min=_tiny(plain))
-            self.calibration = torch.where(plain > 0, ratio, self.calibration).clamp_(min=1.0)
             error = torch.maximum(error, self.rule.error(self.groups, certify_z, self._buffer))
             certified = torch.maximum(plain * factor, by_cycle)
             plain = torch.maximum(plain, by_cycle)
         else:
             certified = plain * factor
+        if not first:
+            predicted = self._last_predicted
+            known = torch.isfinite(predicted) & (predicted > 0)
+            ratio = certified / torch.where(known, predicted, torch.ones_like(predicted))
+            self.calibration = torch.where(known, self.calibration * ratio, self.calibration).clamp_(1.0, 1e6)
         rr = torch.linalg.vector_norm(self.r.flatten(1), dim=1).square()
         failing = certified > 1.0
         # Progress is measured against the best certification after the start: the measure
-        # at x = 0 is no baseline (the max-norm of M b can grow before it falls).
+        # at x = 0 is no baseline (the max-norm of M b can grow before it falls). Within a
+        # factor of 2 of the tolerance a system always gets one more round (now calibrated).
         if first or not torch.isfinite(self.certified_measure).any():
             progressed = torch.ones_like(failing)
         else:
-            progressed = ~torch.isfinite(self.certified_measure) | (plain <= PROGRESS * self.certified_measure)
+            progressed = (
+                ~torch.isfinite(self.certified_measure) | (plain <= PROGRESS * self.certified_measure) | (certified <= 2.0)
+            )
             # Never return worse than the best certified iterate (a float32 solve pushed past
             # its floor can drift): systems that got worse go back to it, stalled.
             worse = plain > self.certified_measure
@@ -576,9 +593,9 @@ class TorchPCG(CertifiedPCG):
     def _z(self) -> torch.Tensor:
         return self.z
 
-    def _prepare_rule(self, z_for_scale: torch.Tensor | None = None):
+    def _prepare_rule(self, z_for_scale: torch.Tensor | None = None, full: bool = True):
         self._store()
-        self._full_rule.prepare(self._full_x, z_for_scale)
+        self._full_rule.prepare(self._full_x, z_for_scale, full)
         if self._rows is not None:
             self.rule = self._full_rule.restrict(self._rows)
 

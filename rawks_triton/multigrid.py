@@ -53,14 +53,14 @@ class MultigridOptions:
     """The cycle. Defaults are the measured choice (docs/multigrid.md)."""
 
     smoothing_steps: int = 2  # damped-Jacobi steps before and after the coarse correction
-    jacobi_weight: float = 0.8
+    jacobi_weight: float = 0.9
     coarse_edge_scale: float = 0.5
     coarsest_pixels: int = 64  # stop coarsening when a level has at most this many (padded) pixels
     correction_scale: float = 1.0  # the prolongated coarse correction is multiplied by it (over-correction)
     cycle: str = "V"  # "V": one coarse cycle per level; "W": two
     # Pixels whose excess (killing or seed coupling) is above wall_ratio times their degree
     # stay out of the aggregates (None: every free pixel takes part); see build_hierarchy.
-    wall_ratio: float | None = 1.0
+    wall_ratio: float | None = 2.0
     # Aggregates follow only edges of at least strength_ratio times the strongest edge of
     # either pixel (None, the default: every positive edge); see anchor_components. With
     # fixed 2x2 blocks a weakly joined pixel cannot join the aggregate of its strong
@@ -347,6 +347,7 @@ class MultigridPreconditioner:
             self.groups, self.per_group = self.num_systems, 1
             gather = image_index
         self.levels = levels if gather is None else [_select(level, gather) for level in levels]
+        self._smoothers = {}
         top = self.levels[0]
         self.height, self.width = top.height, top.width
         new = dict(dtype=top.diag.dtype, device=top.diag.device)
@@ -427,11 +428,13 @@ class MultigridPreconditioner:
 
     def _jacobi(self, level: Level, x, r, first: bool = False) -> None:
         """x += weight D^-1 r (x = weight D^-1 r when ``first``)."""
+        smoother = self._smoothers.get(id(level))
+        if smoother is None:  # weight D^-1 of the level, formed once (a coefficient-sized array)
+            smoother = self._smoothers[id(level)] = level.inv_diag * self.options.jacobi_weight
         if first:
-            torch.mul(level.inv_diag, r, out=x)
-            x.mul_(self.options.jacobi_weight)
+            torch.mul(smoother, r, out=x)
         else:
-            x.addcmul_(level.inv_diag, r, value=self.options.jacobi_weight)
+            x.addcmul_(smoother, r)
 
     def _restrict(self, l: int, res, coarse_rhs) -> None:
         """coarse_rhs = P^T res: the sum of p * res over each 2x2 block (row pairs, then column pairs)."""

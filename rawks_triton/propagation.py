@@ -248,6 +248,13 @@ def propagate(
         A :class:`PropagationResult`; ``P`` is [N, L, H, W] and differentiable with
         respect to ``boundary``.
     """
+    if torch._C._are_functorch_transforms_active():
+        raise RuntimeError(
+            "rawks_triton.propagate does not support torch.func transforms (vmap, grad, jacrev, jvp, ...): the "
+            "solve runs outside autograd's dispatcher and has no batching or forward-mode rule. Batch images along "
+            "the first dimension instead of vmap, and take gradients with torch.autograd (loss.backward() or "
+            "torch.autograd.grad) (docs/numerics.md, \"Gradients\")."
+        )
     options = _check_options(
         num_labels, model, rtol, atol, maxiter, backend, ignore_index, check_every, strict, preconditioner, min_weight
     )

@@ -197,8 +197,8 @@ class TritonPCG(CertifiedPCG):
     def _working_iterations(self) -> torch.Tensor:
         return self.count.to(torch.int64)
 
-    def _prepare_rule(self, z_for_scale: torch.Tensor | None = None):
-        self.rule.prepare(self.x, z_for_scale)
+    def _prepare_rule(self, z_for_scale: torch.Tensor | None = None, full: bool = True):
+        self.rule.prepare(self.x, z_for_scale, full)
 
     def _deactivate(self, passes: torch.Tensor):
         self.active_cur.mul_((~passes).to(torch.int32))
