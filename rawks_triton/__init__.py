@@ -7,12 +7,14 @@ See docs/ for the mathematics, the API with shapes and the numerical limits.
 
 from .cg import ConvergenceError, ConvergenceWarning
 from .loss import rawks_loss
+from .memory import PropagationMemoryError
 from .propagation import PropagationResult, RandomWalkPropagation, propagate, reach_threshold
 from .random_walker import random_walker
 
 __all__ = [
     "ConvergenceError",
     "ConvergenceWarning",
+    "PropagationMemoryError",
     "PropagationResult",
     "RandomWalkPropagation",
     "propagate",

@@ -53,9 +53,6 @@ DIVERGENCE = 1e3
 # A true measure this much above the recursive one: the solve is past its rounding floor,
 # and the directions are restarted (p = z) instead of kept.
 RESTART_GAP = 10.0
-# TorchPCG: per-system BLAS dots for few, large systems on the CPU (see TorchPCG._dot).
-DOT_LOOP_MAX_SYSTEMS = 32
-DOT_LOOP_MIN_SIZE = 16384
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -201,8 +198,6 @@ class AdjointRule:
         self.x_working = x_forward
         self.diag = diag  # [N, M] per image
         self._gradient_scale = None
-        self._weight_threshold = None
-        self._weight_scale = None
 
     def _scale(self, lam: torch.Tensor) -> torch.Tensor:
         """[N] max_i d_i sum_l |lam_l,i| |x_l,i| (products in an order that cannot overflow first)."""
@@ -218,13 +213,12 @@ class AdjointRule:
         if z_full is not None and bool((scale == 0).any()):
             scale = torch.where(scale > 0, scale, self._scale(z_full))
         self._gradient_scale = scale
-        view = (-1,) + (1,) * (self.diag.dim() - 1)
         # An image whose gradient scale is 0 (no incoming gradient reaches its pixels) has
-        # nothing left to solve: weight 0.
-        some = (scale > 0).view(view)
-        threshold = torch.clamp(self.rtol * scale, min=max(self.atol, _tiny(scale))).view(view)
-        self._weight_threshold = torch.where(some, self.diag / threshold, torch.zeros_like(self.diag))
-        self._weight_scale = torch.where(some, self.diag / torch.clamp(scale, min=_tiny(scale)).view(view), torch.zeros_like(self.diag))
+        # nothing left to solve: its measure is 0. The division by the per-image threshold
+        # comes last, so that a tiny scale cannot make an infinite weight (0 * inf = NaN).
+        self._threshold = torch.clamp(self.rtol * scale, min=max(self.atol, _tiny(scale)))
+        self._scale_or_tiny = torch.clamp(scale, min=_tiny(scale))
+        self._nothing = scale == 0
 
     def restrict(self, rows: torch.Tensor) -> "AdjointRule":
         rule = AdjointRule.__new__(AdjointRule)
@@ -232,16 +226,18 @@ class AdjointRule:
         rule.x_working = self.x_forward.index_select(0, rows)
         return rule
 
-    def _max_weighted(self, groups, z, weight_img, buffer):
+    def _max_weighted(self, groups, z, per_image, buffer):
         torch.mul(z, self.x_working, out=buffer).abs_()
-        weighted = groups.multiply(buffer, weight_img, out=buffer)
-        return torch.linalg.vector_norm(weighted.flatten(1), ord=math.inf, dim=1)
+        weighted = groups.multiply(buffer, self.diag, out=buffer)
+        largest = torch.linalg.vector_norm(weighted.flatten(1), ord=math.inf, dim=1)
+        image = groups.image_index
+        return torch.where(self._nothing[image], torch.zeros_like(largest), largest / per_image[image])
 
     def measure(self, groups, z: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
-        return self._max_weighted(groups, z, self._weight_threshold, buffer)
+        return self._max_weighted(groups, z, self._threshold, buffer)
 
     def error(self, groups, z: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
-        return self._max_weighted(groups, z, self._weight_scale, buffer)
+        return self._max_weighted(groups, z, self._scale_or_tiny, buffer)
 
 
 def run_pcg(iteration, maxiter: int, check_every: int) -> int:
@@ -301,8 +297,8 @@ class CertifiedPCG:
         self._last_recursive = torch.full((count,), math.inf, dtype=dtype, device=device)
         self._last_certified = torch.full((count,), math.inf, dtype=dtype, device=device)
         self._last_predicted = torch.full((count,), math.inf, dtype=dtype, device=device)
-        # the best certified iterate, kept once a system goes on after a failed certification
-        self._best_x = None
+        # the best certified iterate of each system that went on after a failed certification
+        self._best_x: dict[int, torch.Tensor] = {}
         self._best_error = self._best_rr = self._best_failing = None
 
     def _record(self, alpha: torch.Tensor, beta: torch.Tensor) -> None:
@@ -423,8 +419,13 @@ class CertifiedPCG:
             # Never return worse than the best certified iterate (a float32 solve pushed past
             # its floor can drift): systems that got worse go back to it, stalled.
             worse = plain > self.certified_measure
-            if self._best_x is not None and bool(worse.any()):
-                self._restore_best(worse)
+            saved = torch.zeros_like(worse)
+            if self._best_x:
+                saved[list(self._best_x)] = True
+            worse &= saved
+            if bool(worse.any()):
+                rows = worse.nonzero().squeeze(1)
+                self._set_x_rows(rows, torch.stack([self._best_x[int(r)] for r in rows]))
                 error = torch.where(worse, self._best_error, error)
                 rr = torch.where(worse, self._best_rr, rr)
                 failing = torch.where(worse, self._best_failing, failing)
@@ -432,8 +433,10 @@ class CertifiedPCG:
         self.stalled |= failing & ~progressed
         active = failing & progressed & ~self.stalled if reactivate else torch.zeros_like(failing)
         better = plain <= self.certified_measure
-        if bool(active.any()):  # some systems go on: keep the best iterate to fall back on
-            self._save_best(better)
+        if bool(active.any()):  # systems that go on keep their best iterate to fall back on
+            rows = (active & better).nonzero().squeeze(1)
+            for r, values in zip(rows.tolist(), self._x_rows(rows)):
+                self._best_x[r] = values.clone()
             keep = lambda new, old: new if old is None else torch.where(better, new, old)  # noqa: E731
             self._best_error, self._best_rr = keep(error, self._best_error), keep(rr, self._best_rr)
             self._best_failing = keep(failing, self._best_failing)
@@ -504,6 +507,7 @@ class TorchPCG(CertifiedPCG):
         self.op, self.rule, self.b = self._full_operator, self._full_rule, self._full_b
         self.x, self.iterations_working = self._full_x, self._full_iterations
         self.active = self._full_active.clone()
+        self.r = self.z = self.p = self.ap = None  # the working set's vectors go before the full ones come
         self._allocate()
 
     def _allocate(self):
@@ -511,7 +515,11 @@ class TorchPCG(CertifiedPCG):
         self.z = torch.empty_like(self.x)
         self.p = torch.empty_like(self.x)
         self.ap = torch.zeros_like(self.x)  # operators may leave positions outside the image unwritten
-        self._buffer = torch.empty_like(self.x)
+
+    @property
+    def _buffer(self) -> torch.Tensor:
+        """Scratch for the measures: A p is dead between an iteration's update and the next one."""
+        return self.ap
 
     def _store(self):
         """Write the working systems' solutions, counts and flags into the full arrays."""
@@ -526,17 +534,20 @@ class TorchPCG(CertifiedPCG):
         """Continue with the working systems ``keep`` only (indices into the working set)."""
         self._store()
         rows = keep if self._rows is None else self._rows.index_select(0, keep)
+        self._full_operator.release()  # its cycle's buffers, until the full set is worked on again
+        self.op.release()
         self.op = self._full_operator.restrict(rows)
         self.rule = self._full_rule.restrict(rows)
         self.b = self._full_b.index_select(0, rows)
         self.iterations_working = self._full_iterations.index_select(0, rows)
         self.rz, self.active = self.rz.index_select(0, keep), self.active.index_select(0, keep)
-        x, r, z, p = (t.index_select(0, keep) for t in (self.x, self.r, self.z, self.p))
-        self.x = x
-        self._allocate()
-        self.r.copy_(r)
-        self.z.copy_(z)
-        self.p.copy_(p)
+        # one vector at a time, so that at most one old and one new working vector coexist
+        self.x = self.x.index_select(0, keep)  # the full x stays in _full_x
+        self.ap = None
+        self.r = self.r.index_select(0, keep)
+        self.z = self.z.index_select(0, keep)
+        self.p = self.p.index_select(0, keep)
+        self.ap = torch.zeros_like(self.x)
         self._rows = rows
 
     def _working(self, t: torch.Tensor) -> torch.Tensor:
@@ -559,17 +570,17 @@ class TorchPCG(CertifiedPCG):
 
     # ---- the iteration ----------------------------------------------------------------------
 
-    def _dot(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """[S] inner products of the rows of two [S, ...] contiguous tensors."""
-        if not u.is_cuda and u.shape[0] <= DOT_LOOP_MAX_SYSTEMS and u[0].numel() >= DOT_LOOP_MIN_SIZE:
-            # One BLAS dot per system reads both rows once, without the product pass.
-            return torch.stack([torch.dot(a, b) for a, b in zip(u.flatten(1), v.flatten(1))])
-        return torch.mul(u, v, out=self._buffer).flatten(1).sum(dim=1)
+    @staticmethod
+    def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """[S] inner products of the rows of two [S, ...] contiguous tensors: a batched BLAS
+        dot that reads both once, with no product array."""
+        n = u.shape[0]
+        return torch.bmm(u.reshape(n, 1, -1), v.reshape(n, -1, 1)).view(n)
 
     def _restart(self, z_current: bool = False):
         """Directions from the current residual ``r`` (z = M r, computed unless ``z_current``)."""
         if not z_current:
-            self.op.precondition(self.r, out=self.z)
+            self.op.precondition(self.r, out=self.z, scratch=self.ap)
         self.p.copy_(self.z)
         self.rz = self._dot(self.r, self.z) * self.active
 
@@ -580,7 +591,7 @@ class TorchPCG(CertifiedPCG):
         alpha = torch.nan_to_num_(self.rz / self._dot(p, ap), nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0.0)
         self.x.addcmul_(alpha.view(self._batch_shape), p)
         r.addcmul_(alpha.view(self._batch_shape), ap, value=-1.0)
-        z = self.op.precondition(r, out=self.z)
+        z = self.op.precondition(r, out=self.z, scratch=self.ap)  # A p is dead after the update
         rz_new = self._dot(r, z)
         beta = torch.nan_to_num_(rz_new / self.rz, nan=0.0, posinf=0.0, neginf=0.0)
         torch.addcmul(z, beta.view(self._batch_shape), p, out=p)
@@ -613,14 +624,12 @@ class TorchPCG(CertifiedPCG):
             torch.where(restart.view(self._batch_shape), self.z, self.p, out=self.p)
         self.rz = self._dot(self.r, self.z) * self.active
 
-    def _save_best(self, mask: torch.Tensor):
-        if self._best_x is None:
-            self._best_x = self._full_x.clone()
-        else:
-            torch.where(mask.view(self._batch_shape), self._full_x, self._best_x, out=self._best_x)
+    def _x_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        self._store()
+        return self._full_x.index_select(0, rows)
 
-    def _restore_best(self, mask: torch.Tensor):
-        torch.where(mask.view(self._batch_shape), self._best_x, self._full_x, out=self._full_x)
+    def _set_x_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        self._full_x.index_copy_(0, rows, values)
 
     def _true_residual(self, first: bool):
         self._store()
@@ -630,7 +639,7 @@ class TorchPCG(CertifiedPCG):
             self._work_on_all()
         self.op.matvec(self.x, out=self.ap)
         torch.sub(self.b, self.ap, out=self.r)
-        self.op.precondition(self.r, out=self.z)
+        self.op.precondition(self.r, out=self.z, scratch=self.ap)
         if working is not None:  # systems dropped from the working set restart from p = z
             rows, p = working
             self.p.copy_(self.z)
@@ -640,7 +649,13 @@ class TorchPCG(CertifiedPCG):
         working = self.active.numel()
         count = int(self.active.sum())
         if 0 < count and working - count >= max(1, working // 4):
-            self._compact(self.active.nonzero().squeeze(1))
+            keep = self.active.nonzero().squeeze(1)
+            rows = keep if self._rows is None else self._rows.index_select(0, keep)
+            # Only when the systems left still share their images' coefficients (whole images
+            # done): a per-system gather of the coefficients and of the hierarchy would cost
+            # more memory than the whole solve's vectors.
+            if self._full_operator.groups.restrict(rows).per_image is not None:
+                self._compact(keep)
         return count > 0
 
     # ---- results ----------------------------------------------------------------------------

@@ -331,8 +331,6 @@ class MultigridPreconditioner:
     vectors are [S, 1, n]. Work buffers are allocated here, once.
     """
 
-    transfer_buffers = True  # the torch transfers need a [.., h', 2 w'] buffer per level
-
     def __init__(self, levels: list[Level], image_index: torch.Tensor, options: MultigridOptions = MultigridOptions()):
         self.options = options
         self.num_systems = int(image_index.numel())
@@ -350,30 +348,51 @@ class MultigridPreconditioner:
         self._smoothers = {}
         top = self.levels[0]
         self.height, self.width = top.height, top.width
+        self._buffers = None
+
+    def _allocate(self) -> None:
+        """The work buffers of the coarse levels (about a third of a level-0 vector in all);
+        level 0 works in the caller's right-hand side, output and scratch. Borders stay 0."""
+        top = self.levels[0]
         new = dict(dtype=top.diag.dtype, device=top.diag.device)
         shape = lambda level: (self.groups, self.per_group, level.size)  # noqa: E731
-        # Level 0 works in the caller's rhs and output; every level needs a residual buffer
-        # and a [.., ceil(h / 2), 2 ceil(w / 2)] buffer for the transfers. Borders stay 0.
-        self.rhs = [None] + [torch.zeros(shape(level), **new) for level in self.levels[1:]]
-        self.x = [None] + [torch.zeros(shape(level), **new) for level in self.levels[1:]]
-        self.residual = [torch.zeros(shape(level), **new) for level in self.levels[:-1]]
-        self.half = [
-            torch.zeros((self.groups, self.per_group, coarse.height, 2 * coarse.width), **new) if self.transfer_buffers else None
-            for coarse in self.levels[1:]
-        ]
-        # W-cycle: the second coarse cycle's right-hand side and result (levels 1 .. coarsest - 1)
-        second = options.cycle == "W"
-        self.rhs2 = [None] + [torch.zeros(shape(level), **new) if second else None for level in self.levels[1:]]
-        self.x2 = [None] + [torch.zeros(shape(level), **new) if second else None for level in self.levels[1:]]
+        coarse = self.levels[1:]
+        second = self.options.cycle == "W"
+        self._buffers = dict(
+            rhs=[None] + [torch.zeros(shape(level), **new) for level in coarse],
+            x=[None] + [torch.zeros(shape(level), **new) for level in coarse],
+            residual=[None] + [torch.zeros(shape(level), **new) for level in coarse[:-1]],
+            # W-cycle: the second coarse cycle's right-hand side and result
+            rhs2=[None] + [torch.zeros(shape(level), **new) if second else None for level in coarse],
+            x2=[None] + [torch.zeros(shape(level), **new) if second else None for level in coarse],
+        )
+
+    def release(self) -> None:
+        """Free the work buffers (they are made again at the next application)."""
+        self._buffers = None
+
+    def _buffer(self, name: str, l: int) -> torch.Tensor:
+        if self._buffers is None:
+            self._allocate()
+        return self._buffers[name][l]
 
     @property
     def frame_size(self) -> int:
         return self.levels[0].size
 
-    def precondition(self, r: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """out = M r for [S, (H + 2) (W + 2)] vectors in the frame (zero border); returns out."""
+    def precondition(self, r: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """out = M r for [S, (H + 2) (W + 2)] vectors in the frame (zero border); returns out.
+
+        ``scratch``: a vector of the same shape whose contents may be overwritten (the
+        level-0 residual of the cycle); without it one is allocated for this call.
+        """
         shape = (self.groups, self.per_group, self.frame_size)
-        self._cycle(0, r.view(shape), out.view(shape))
+        work = torch.empty_like(r) if scratch is None else scratch
+        self._level0_residual = work.view(shape)
+        try:
+            self._cycle(0, r.view(shape), out.view(shape))
+        finally:
+            self._level0_residual = None
         return out
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
@@ -404,21 +423,24 @@ class MultigridPreconditioner:
         if level.coarsest_inverse is not None:
             self._coarsest(level, rhs, x)
             return
-        res, steps = self.residual[l], self.options.smoothing_steps
+        res = self._level0_residual if l == 0 else self._buffer("residual", l)
+        steps = self.options.smoothing_steps
         # pre-smoothing from x = 0
         self._jacobi(level, x, rhs, first=True)
         for _ in range(steps - 1):
             self._jacobi(level, x, self._residual(level, res, rhs, x))
-        self._restrict(l, self._residual(level, res, rhs, x), self.rhs[l + 1])
+        coarse_rhs, coarse_x = self._buffer("rhs", l + 1), self._buffer("x", l + 1)
+        self._restrict(l, self._residual(level, res, rhs, x), coarse_rhs)
         coarse = self.levels[l + 1]
-        self._cycle(l + 1, self.rhs[l + 1], self.x[l + 1])
+        self._cycle(l + 1, coarse_rhs, coarse_x)
         if self.options.cycle == "W" and coarse.coarsest_inverse is None:
             # a second cycle on the coarse residual: x_c += B_c (r_c - A_c x_c), symmetric as
             # the map r_c -> (2 B_c - B_c A_c B_c) r_c
-            self._residual(coarse, self.rhs2[l + 1], self.rhs[l + 1], self.x[l + 1])
-            self._cycle(l + 1, self.rhs2[l + 1], self.x2[l + 1])
-            self.x[l + 1].add_(self.x2[l + 1])
-        self._prolong(l, self.x[l + 1], x)
+            rhs2, x2 = self._buffer("rhs2", l + 1), self._buffer("x2", l + 1)
+            self._residual(coarse, rhs2, coarse_rhs, coarse_x)
+            self._cycle(l + 1, rhs2, x2)
+            coarse_x.add_(x2)
+        self._prolong(l, coarse_x, x)
         # post-smoothing
         for _ in range(steps):
             self._jacobi(level, x, self._residual(level, res, rhs, x))
@@ -437,23 +459,24 @@ class MultigridPreconditioner:
             x.addcmul_(smoother, r)
 
     def _restrict(self, l: int, res, coarse_rhs) -> None:
-        """coarse_rhs = P^T res: the sum of p * res over each 2x2 block (row pairs, then column pairs)."""
-        level, coarse, half = self.levels[l], self.levels[l + 1], self.half[l]
-        blocks = self._blocks(level, coarse)
-        res_pairs, p_pairs = blocks(res), blocks(level.prolongation)
-        torch.mul(res_pairs[:, :, :, 0], p_pairs[:, :, :, 0], out=half)
-        half.addcmul_(res_pairs[:, :, :, 1], p_pairs[:, :, :, 1])
-        torch.add(half[..., 0::2], half[..., 1::2], out=self._interior(coarse, coarse_rhs))
+        """coarse_rhs = P^T res: the sum of p * res over the four pixels of each 2x2 block."""
+        level, coarse = self.levels[l], self.levels[l + 1]
+        corners = self._corners(level, coarse)
+        res_c, p_c = corners(res), corners(level.prolongation)
+        out = self._interior(coarse, coarse_rhs)
+        torch.mul(res_c[0], p_c[0], out=out)
+        for k in (1, 2, 3):
+            out.addcmul_(res_c[k], p_c[k])
 
     def _prolong(self, l: int, coarse_x, x) -> None:
         """x += correction_scale * P coarse_x."""
-        level, coarse, half = self.levels[l], self.levels[l + 1], self.half[l]
-        blocks = self._blocks(level, coarse)
-        pairs = half.view(half.shape[:-1] + (coarse.width, 2))
-        pairs.copy_(self._interior(coarse, coarse_x).unsqueeze(-1).expand_as(pairs))
-        if self.options.correction_scale != 1.0:
-            half.mul_(self.options.correction_scale)
-        blocks(x).addcmul_(half.unsqueeze(3), blocks(level.prolongation))
+        level, coarse = self.levels[l], self.levels[l + 1]
+        corners = self._corners(level, coarse)
+        x_c, p_c = corners(x), corners(level.prolongation)
+        e = self._interior(coarse, coarse_x)
+        scale = self.options.correction_scale
+        for k in range(4):
+            x_c[k].addcmul_(p_c[k], e, value=scale)
 
     @staticmethod
     def _interior(level: Level, t: torch.Tensor) -> torch.Tensor:
@@ -461,16 +484,18 @@ class MultigridPreconditioner:
         return t.view(t.shape[:2] + (level.height + 2 * FRAME, level.width + 2 * FRAME))[:, :, FRAME:-FRAME, FRAME:-FRAME]
 
     @staticmethod
-    def _blocks(level: Level, coarse: Level):
-        """t [G, m, n] -> [G, m, H', 2, 2 W'] view of the 2x2 blocks (row pairs x column span)."""
+    def _corners(level: Level, coarse: Level):
+        """t [G, m, n] -> its four [G, m, H', W'] strided views, one per corner of the 2x2 blocks."""
         rows, cols = 2 * coarse.height, 2 * coarse.width
         frame_cols = level.width + 2 * FRAME
 
-        def view(t):
+        def views(t):
             grid = t.view(t.shape[:2] + (level.height + 2 * FRAME, frame_cols))
-            return grid[:, :, FRAME : FRAME + rows, FRAME : FRAME + cols].unflatten(2, (coarse.height, 2))
+            blocks = grid[:, :, FRAME : FRAME + rows, FRAME : FRAME + cols]
+            blocks = blocks.unflatten(2, (coarse.height, 2)).unflatten(4, (coarse.width, 2))  # [G, m, H', 2, W', 2]
+            return [blocks[:, :, :, a, :, b] for a in (0, 1) for b in (0, 1)]
 
-        return view
+        return views
 
 
 def _select(level: Level, index: torch.Tensor) -> Level:
@@ -500,8 +525,11 @@ class MultigridOperator:
                 f"frame (H + 2) (W + 2) has {self._cycle.frame_size}"
             )
 
-    def precondition(self, r: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return self._cycle.precondition(r, out)
+    def precondition(self, r: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        return self._cycle.precondition(r, out, scratch)
+
+    def release(self) -> None:
+        self._cycle.release()
 
     def restrict(self, rows: torch.Tensor) -> "MultigridOperator":
         return MultigridOperator(self._operator.restrict(rows), self._levels, self._options)

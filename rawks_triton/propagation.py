@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from . import _checks
-from .autograd import RandomWalkSolve, SolveRecord
+from . import _checks, memory
+from .autograd import Normalize, RandomWalkSolve, SolveRecord
 from .backends import BACKENDS, choose_solver, get_backend
 from .cg import SolverOptions, SolveStats
 from .coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
@@ -181,8 +181,8 @@ def _check_options(
 
 
 def _coefficients(scores: torch.Tensor, edges: bool, model: str):
-    if model == "rawks":
-        return rawks_coefficients(torch.clamp(scores, max=rawks_score_ceiling(scores.dtype)))
+    if model == "rawks":  # unit edges: no edge arrays at all (build_stencil makes the cut ones)
+        return 4.0 * torch.exp(torch.clamp(scores, max=rawks_score_ceiling(scores.dtype))), None, None
     # P is invariant to a common scale of the Grady conductances, so each image's are
     # normalised (the largest edge weight is 1, the smallest score 0) with a detached factor:
     # the gradient is unchanged, and neither a shift of the scores nor a scale of the edges
@@ -268,14 +268,30 @@ def propagate(
     tau = reach_threshold(model, dtype, min_weight)
     options = replace(options, preconditioner=preconditioner, tau=tau)
 
+    memory.check_fits(
+        backend, systems.num_systems, n_images, height, width, dtype, device,
+        backward=scores.requires_grad and torch.is_grad_enabled(),
+    )
     record = SolveRecord()
-    Z = scores.new_zeros((n_images * num_labels, height, width))
+    Z = scores.new_zeros((n_images * num_labels if systems.num_systems < n_images * num_labels else 0, height, width))
     if systems.num_systems:
         diag, right, down = _coefficients(scores, edges, model)
-        Zc = RandomWalkSolve.apply(
-            diag, right, down, systems, get_backend(backend), options, record, model == "rawks"
-        )
-        Z = Z.index_copy(0, systems.image_index * num_labels + systems.label_index, Zc)
+        try:
+            Zc = RandomWalkSolve.apply(
+                diag, right, down, systems, get_backend(backend), options, record, model == "rawks"
+            )
+        except (RuntimeError, MemoryError) as err:
+            if not memory.is_allocation_failure(err) or isinstance(err, memory.PropagationMemoryError):
+                raise
+            raise memory.PropagationMemoryError(
+                f"rawks_triton.propagate: out of memory during the solve of {systems.num_systems} systems of "
+                f"{height} x {width} pixels in {dtype} ({err}). {memory.advice()}."
+            ) from err
+        if systems.num_systems == n_images * num_labels:  # every label in every image: already in order
+            Z = Zc
+        else:
+            Z = Z.index_copy(0, systems.image_index * num_labels + systems.label_index, Zc)
+        del Zc
         stats = record.forward
         iterations, error, residual, converged = stats.iterations, stats.error, stats.residual, stats.converged
     else:
@@ -290,15 +306,14 @@ def propagate(
     Z = Z.view(n_images, num_labels, height, width)
 
     # Rounding can leave iterates a hair below 0; P is built from the non-negative part.
-    weights = torch.clamp(Z, min=0.0)
-    total = weights.sum(dim=1)
+    with torch.no_grad():
+        total = Z.clamp(min=0.0).sum(dim=1)
     reachable = total > tau
     present = systems.present.to(dtype)
     count = present.sum(dim=1, keepdim=True)
     # Unreachable pixels: uniform over the labels present (over all labels without seeds).
     uniform = torch.where(count > 0, present / count.clamp(min=1), torch.full_like(present, 1.0 / num_labels))
-    safe_total = torch.where(reachable, total, torch.ones_like(total))
-    P = torch.where(reachable.unsqueeze(1), weights / safe_total.unsqueeze(1), uniform.view(n_images, num_labels, 1, 1))
+    P = Normalize.apply(Z, total, reachable, uniform.view(n_images, num_labels, 1, 1))
     return PropagationResult(
         P=P,
         Z=Z,

@@ -97,6 +97,11 @@ class ImageGroups:
         torch.mul(self.grouped(v), self.spread(t), out=self.grouped(out))
         return out
 
+    def image_max(self, per_system: torch.Tensor) -> torch.Tensor:
+        """[S] -> [N], the largest value over the systems of each image (0 for an image without any)."""
+        out = per_system.new_zeros(self.n_images)
+        return out.scatter_reduce_(0, self.image_index, per_system, reduce="amax", include_self=True)
+
     def image_sum(self, v: torch.Tensor) -> torch.Tensor:
         """[S, ...] -> [N, ...], the sum over the systems of each image (0 for an image without any)."""
         if self.per_image is not None:
@@ -146,12 +151,22 @@ def neighbour_sum(right: torch.Tensor, down: torch.Tensor, v: torch.Tensor) -> t
     return out
 
 
-def right_hand_sides(right: torch.Tensor, down: torch.Tensor, systems: LabelSystems) -> torch.Tensor:
-    """b [S, H, W]: for free pixels, the weight of their edges to seeds of the label."""
-    dtype = right.dtype
-    idx = systems.image_index
-    b = neighbour_sum(right.index_select(0, idx), down.index_select(0, idx), systems.seed_indicator(dtype))
-    return b * systems.free_mask(dtype)
+def right_hand_sides(right, down, systems: LabelSystems, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """b [S, H, W]: for free pixels, the weight of their edges to seeds of the label.
+
+    ``right = down = None``: unit edge weights (then ``dtype`` gives the dtype).
+    """
+    if right is None:
+        from .coefficients import grid_edges
+
+        right, down = grid_edges(systems.free.to(dtype))
+    groups = systems.groups
+    seeds = systems.seed_indicator(right.dtype)
+    grouped = groups.grouped(seeds)  # the coefficients of each image broadcast over its labels
+    b = neighbour_sum(groups.spread(right), groups.spread(down), grouped)
+    del seeds, grouped
+    b.masked_fill_(~groups.spread(systems.free), 0.0)
+    return b.view(-1, *right.shape[-2:])
 
 
 @dataclass(frozen=True)
@@ -176,18 +191,21 @@ class Stencil:
 
 
 def build_stencil(diag, right, down, free: torch.Tensor, unit_edges: bool = False) -> Stencil:
+    """The stencil of every image; ``right = down = None`` means unit edge weights (the
+    "rawks" model), made here without all-ones arrays."""
     free_f = free.to(diag.dtype)
-    right_free = F.pad(free_f[:, :, 1:], (0, 1))
-    down_free = F.pad(free_f[:, 1:, :], (0, 0, 0, 1))
+    right_free = F.pad(free_f[:, :, :-1] * free_f[:, :, 1:], (0, 1))  # both ends free, 0 in the last column
+    down_free = F.pad(free_f[:, :-1, :] * free_f[:, 1:, :], (0, 0, 0, 1))
+    del free_f
     op_diag = torch.where(free, diag, torch.ones_like(diag))
     positive = free & (diag > 0)
     inv_diag = torch.where(positive, 1.0 / torch.where(positive, diag, torch.ones_like(diag)), torch.zeros_like(diag))
     return Stencil(
         diag=op_diag.contiguous(),
-        right=(right * free_f * right_free).contiguous(),
-        down=(down * free_f * down_free).contiguous(),
+        right=right_free if right is None else (right * right_free).contiguous(),
+        down=down_free if down is None else (down * down_free).contiguous(),
         inv_diag=inv_diag.contiguous(),
-        unit_edges=unit_edges,
+        unit_edges=unit_edges or right is None,
     )
 
 

@@ -47,7 +47,8 @@ class DirectBackend:
                 raise RuntimeError(f"scipy backend: the system of image {n} is singular ({err})") from err
             self.factors[int(n)] = (A, keep, lu)
 
-    def solve(self, rhs: torch.Tensor):
+    def solve(self, rhs):
+        rhs = rhs() if callable(rhs) else rhs
         if self.factors is None:
             self._factorise(rhs)
         b = rhs.detach().double().cpu().numpy().reshape(rhs.shape[0], -1)
@@ -73,7 +74,8 @@ class DirectBackend:
         ).to(rhs.device)
         return torch.from_numpy(x).to(device=rhs.device, dtype=rhs.dtype).view(rhs.shape), stats
 
-    solve_adjoint = solve
+    def solve_adjoint(self, rhs, x_forward: torch.Tensor):
+        return self.solve(rhs)
 
     def coefficient_gradients(self, adjoint, x, Z, edges: bool):
         return coefficient_gradients(adjoint, x, Z, self.systems, edges)

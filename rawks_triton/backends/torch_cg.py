@@ -45,23 +45,20 @@ class PaddedStencil:
         coefficients = {name: self.groups.spread(c) for name, c in per_image.items()}
         self.inv_diag = coefficients["inv_diag"]
         self.diag = coefficients["diag"][..., lo:hi]
-        # w(k, k+1) is the right weight of k, w(k, k-1) the right weight of k-1 ("left"), etc.
-        self.terms = tuple(
-            (coefficients[name][..., lo:hi], shift)
-            for name, shift in (("right", 1), ("left", -1), ("down", row), ("up", -row))
+        # w(k, k+1) is the right weight of k, w(k, k-1) the right weight of k-1 (a view one
+        # position back), w(k, k+row) the down weight of k, w(k, k-row) that of k-row.
+        right, down = coefficients["right"], coefficients["down"]
+        self.terms = (
+            (right[..., lo:hi], 1), (right[..., lo - 1 : hi - 1], -1),
+            (down[..., lo:hi], row), (down[..., lo - row : hi - row], -row),
         )
         self._view_cache = {}
 
     @classmethod
     def from_stencil(cls, stencil: Stencil, image_index: torch.Tensor) -> "PaddedStencil":
         _, height, width = stencil.shape
-        left = F.pad(stencil.right[:, :, :-1], (1, 0))
-        up = F.pad(stencil.down[:, :-1, :], (0, 0, 1, 0))
-        per_image = {
-            "diag": stencil.diag, "right": stencil.right, "left": left,
-            "down": stencil.down, "up": up, "inv_diag": stencil.inv_diag,
-        }
-        return cls({name: _padded(t) for name, t in per_image.items()}, image_index, height, width)
+        names = ("diag", "right", "down", "inv_diag")
+        return cls({name: _padded(getattr(stencil, name)) for name in names}, image_index, height, width)
 
     def restrict(self, rows: torch.Tensor) -> "PaddedStencil":
         """The operator of the systems ``rows`` only."""
@@ -97,9 +94,12 @@ class PaddedStencil:
             y.addcmul_(weight, neighbour, value=-1.0)
         return out
 
-    def precondition(self, r: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def precondition(self, r: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
         torch.mul(self.inv_diag, self.grouped(r), out=self.grouped(out))
         return out
+
+    def release(self) -> None:
+        """No work buffers to free (the protocol of the multigrid operator)."""
 
     def pad(self, v: torch.Tensor) -> torch.Tensor:
         return _padded(v)
@@ -118,15 +118,16 @@ class TorchBackend:
         self.certifier = None
         if options.preconditioner == "multigrid":  # the V-cycle of rawks_triton.multigrid replaces Jacobi
             self.op = self._multigrid(self.op)
+            self.stencil = None  # the padded coefficients and the hierarchy hold all that is needed
+        self.shape = stencil.shape
         self.systems = systems
         self.options = options
-        self.maxiter = options.maxiter_for(*stencil.shape[1:])
-        self._x_forward = None
+        self.maxiter = options.maxiter_for(*self.shape[1:])
 
     def _multigrid(self, op):
         from ..multigrid import MultigridOperator, build_hierarchy
 
-        return MultigridOperator(op, build_hierarchy(self.stencil, framed=op.per_image))
+        return MultigridOperator(op, build_hierarchy(self.stencil, framed=op.per_image))  # (stencil of __init__)
 
     def _certify(self):
         """The error estimator of the final test: the preconditioner itself for multigrid; for
@@ -144,26 +145,33 @@ class TorchBackend:
         self.op.release_views()
         return self.op.unpad(out)
 
-    def _solve(self, rhs: torch.Tensor, rule):
-        b = self.op.pad(rhs)
-        pcg = TorchPCG(self.op, b, rule, self.options, certify=self._certify(), grid_shape=self.stencil.shape[1:])
+    def _solve(self, rhs, rule):
+        """Solve in the padded layout; ``rhs`` is an [S, H, W] tensor or a function that makes
+        one (then no unpadded copy outlives the padding). Returns the padded solution."""
+        b = self.op.pad(rhs() if callable(rhs) else rhs)
+        rhs = None
+        rhs_norm = torch.linalg.vector_norm(b.flatten(1), dim=1)
+        pcg = TorchPCG(self.op, b, rule, self.options, certify=self._certify(), grid_shape=self.shape[1:])
+        del b
         try:
-            done = run_pcg(pcg, self.maxiter, self.options.checks_every(rhs.device))
+            done = run_pcg(pcg, self.maxiter, self.options.checks_every(rhs_norm.device))
         finally:
             self.op.release_views()
-        rhs_norm = torch.linalg.vector_norm(b.flatten(1), dim=1)
-        return pcg.solution, pcg.stats(rhs_norm, self.maxiter, done)
+            self.op.release()  # the cycle's work buffers are made again for the next solve
+        stats = pcg.stats(rhs_norm, self.maxiter, done)
+        x = pcg.solution
+        del pcg  # r, p, z, A p and b go before the caller unpads x
+        return x, stats
 
-    def solve(self, rhs: torch.Tensor):
+    def solve(self, rhs):
         """The forward solve A x = b of every system: [S, H, W] -> ([S, H, W], SolveStats)."""
         x, stats = self._solve(rhs, ForwardRule(self.options, self.op.groups))
-        self._x_forward = x
         return self.op.unpad(x), stats
 
-    def solve_adjoint(self, rhs: torch.Tensor):
-        """The adjoint solve A lambda = g with the same operator (A is symmetric)."""
-        diag = self.op.per_image["diag"]
-        rule = AdjointRule(self.options, self.op.groups, self._x_forward, diag)
+    def solve_adjoint(self, rhs, x_forward: torch.Tensor):
+        """The adjoint solve A lambda = g with the same operator (A is symmetric);
+        ``x_forward`` [S, H, W] is the forward solution (for the stopping rule)."""
+        rule = AdjointRule(self.options, self.op.groups, self.op.pad(x_forward), self.op.per_image["diag"])
         x, stats = self._solve(rhs, rule)
         return self.op.unpad(x), stats
 

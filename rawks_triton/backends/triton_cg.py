@@ -213,16 +213,11 @@ class TritonPCG(CertifiedPCG):
             self.p[self.current].mul_((~restart).to(self.x.dtype).view(view))
             self.rz_cur.masked_fill_(restart, 1.0)
 
-    def _save_best(self, mask: torch.Tensor):
-        view = (-1,) + (1,) * (self.x.dim() - 1)
-        if self._best_x is None:
-            self._best_x = self.x.clone()
-        else:
-            torch.where(mask.view(view), self.x, self._best_x, out=self._best_x)
+    def _x_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.x.index_select(0, rows)
 
-    def _restore_best(self, mask: torch.Tensor):
-        view = (-1,) + (1,) * (self.x.dim() - 1)
-        torch.where(mask.view(view), self._best_x, self.x, out=self.x)
+    def _set_x_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        self.x.index_copy_(0, rows, values)
 
     def _true_residual(self, first: bool):
         """r = b - A x with the partials of r' M r and r' r; z = M r and r' z for a general M."""
@@ -260,7 +255,6 @@ class TritonBackend:
         self.maxiter = options.maxiter_for(*stencil.shape[1:])
         counts = torch.bincount(systems.image_index, minlength=n_images)
         self.first_system = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-        self._x_forward = None
 
     @staticmethod
     def _multigrid(stencil, systems):
@@ -279,19 +273,22 @@ class TritonBackend:
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         return self.op.matvec(x)
 
-    def _solve(self, rhs: torch.Tensor, rule):
-        pcg = TritonPCG(self.op, rhs, rule, self.options, self.preconditioner, certify=self._certify())
-        done = run_pcg(pcg, self.maxiter, self.options.checks_every(rhs.device))
+    def _solve(self, rhs, rule):
+        rhs = (rhs() if callable(rhs) else rhs).contiguous()
         rhs_norm = torch.linalg.vector_norm(rhs.flatten(1), dim=1)
-        return pcg.x, pcg.stats(rhs_norm, self.maxiter, done)
-
-    def solve(self, rhs: torch.Tensor):
-        x, stats = self._solve(rhs, ForwardRule(self.options, self.op.groups))
-        self._x_forward = x
+        pcg = TritonPCG(self.op, rhs, rule, self.options, self.preconditioner, certify=self._certify())
+        del rhs
+        done = run_pcg(pcg, self.maxiter, self.options.checks_every(rhs_norm.device))
+        stats = pcg.stats(rhs_norm, self.maxiter, done)
+        x = pcg.x
+        del pcg
         return x, stats
 
-    def solve_adjoint(self, rhs: torch.Tensor):
-        return self._solve(rhs, AdjointRule(self.options, self.op.groups, self._x_forward, self.stencil.diag))
+    def solve(self, rhs):
+        return self._solve(rhs, ForwardRule(self.options, self.op.groups))
+
+    def solve_adjoint(self, rhs, x_forward: torch.Tensor):
+        return self._solve(rhs, AdjointRule(self.options, self.op.groups, x_forward.contiguous(), self.stencil.diag))
 
     def coefficient_gradients(self, adjoint, x, Z, edges: bool):
         n_images, hw = self.op.stencil.shape[0], self.op.hw

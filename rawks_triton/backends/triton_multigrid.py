@@ -24,19 +24,18 @@ NUM_WARPS = 4
 class TritonMultigridPreconditioner(MultigridPreconditioner):
     """z = M r for the [S, H, W] vectors of :class:`rawks_triton.backends.triton_cg.TritonPCG`."""
 
-    transfer_buffers = False
-
     def __init__(self, levels: list[Level], image_index: torch.Tensor, options: MultigridOptions = MultigridOptions()):
         super().__init__(levels, image_index, options)
         new = dict(dtype=self.levels[0].diag.dtype, device=self.levels[0].diag.device)
         self.framed_rhs = torch.zeros(self.num_systems, self.frame_size, **new)
         self.framed_out = torch.zeros(self.num_systems, self.frame_size, **new)
+        self.framed_scratch = torch.zeros(self.num_systems, self.frame_size, **new)
 
     def apply(self, r: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = M r for contiguous [S, H, W] vectors; returns out."""
         inside = lambda t: t.view(-1, self.height + 2 * FRAME, self.width + 2 * FRAME)[:, FRAME:-FRAME, FRAME:-FRAME]  # noqa: E731
         inside(self.framed_rhs).copy_(r)
-        self.precondition(self.framed_rhs, self.framed_out)
+        self.precondition(self.framed_rhs, self.framed_out, self.framed_scratch)
         out.copy_(inside(self.framed_out))
         return out
 
