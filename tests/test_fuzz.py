@@ -65,10 +65,12 @@ P_FACTOR, GRAD_FACTOR = 5.0, 10.0
 # "rawks" (S spans orders of magnitude); for "grady" S is 1 or 0, so 0.9 and 0.1.
 MARGIN = {"rawks": (10.0, 0.1), "grady": (1.8, 0.2)}
 WALL_SCORES = (20.0, 60.0)
-# Grady walls the library resolves, or warns about (measured on 1 x N chains, see
+# Grady walls that the library resolves, or warns about (measured on 1 x N chains, see
 # test_grady_wall_chain_is_right_or_warns): a conductance contrast between neighbouring edges
-# of about e^4 in float32 and e^10 in float64. Higher Grady walls are the sub-case of
-# test_fuzz_grady_high_contrast (every backend still gets some of them wrong without a warning).
+# of about e^4 in float32; in float64 up to the e^20 that docs/numerics.md promises, where
+# the explore profile still finds rare silent failures of multigrid's certification
+# (test_grady_strip_behind_weak_edges_is_right_or_warns). Higher Grady walls are the sub-case
+# of test_fuzz_grady_high_contrast (every backend gets some of them wrong without a warning).
 GRADY_WALL_SCORES = {torch.float32: (2.0, 8.0), torch.float64: (2.0, 20.0)}
 SHIFTS = (0.0, 60.0, -60.0, 500.0, -500.0)
 SCALES = (1.0, 1e-20, 1e20)
@@ -509,11 +511,11 @@ def check_case(case: Case, backend: str, preconditioner: str = "auto", device=to
 
 # (backend, preconditioner, largest side, examples in CI)
 CONFIGS = [
-    ("scipy", "auto", 40, 120),
-    ("torch", "multigrid", 40, 100),
-    ("torch", "jacobi", 24, 40),
+    ("scipy", "auto", 40, 200),
+    ("torch", "multigrid", 40, 150),
+    ("torch", "jacobi", 24, 60),
 ]
-TRITON_CONFIGS = [("triton", "multigrid", 8, 20), ("triton", "jacobi", 8, 10)]
+TRITON_CONFIGS = [("triton", "multigrid", 8, 30), ("triton", "jacobi", 8, 10)]
 
 
 def fuzz(config, shrink=True, **strategy):
@@ -573,7 +575,7 @@ def test_fuzz_grady_high_contrast(config):
     fuzz(config, shrink=False, models=("grady", "grady-edges"), grady_contrast="high")
 
 
-def right_or_warns(boundary, seeds, num_labels, backend, preconditioner) -> None:
+def right_or_warns(boundary, seeds, num_labels, backend, preconditioner, edges=False) -> None:
     """One Grady image: no error; a ConvergenceWarning, or P and reachability as exact."""
     device = TRITON_DEVICE if backend == "triton" else torch.device("cpu")
     with warnings.catch_warnings(record=True) as record:
@@ -582,7 +584,7 @@ def right_or_warns(boundary, seeds, num_labels, backend, preconditioner) -> None
                               preconditioner=preconditioner)
     if convergence_warnings(record):
         return
-    case = Case("grady", False, boundary, seeds, num_labels, torch.zeros(1), RTOL, "")
+    case = Case("grady", edges, boundary, seeds, num_labels, torch.zeros(1), RTOL, "")
     check_accuracy(case, result, exact_solution(case))
     S = result.Z.detach().cpu().double().sum(1)
     Z_error = (S - exact_solution(case).sum(1)).abs().max()
@@ -648,6 +650,40 @@ POCKETS_SEEDS = [[0, -1, -1, -1, -1, -1, -1], [-1] * 7, [-1, 2, 2, -1, -1, -1, -
 def test_grady_pockets_match_the_exact_solution(backend, preconditioner):
     right_or_warns(torch.tensor([POCKETS_SCORES], dtype=torch.float64), torch.tensor([POCKETS_SEEDS]), 3, backend,
                    preconditioner)
+
+
+# Float64 at a moderate contrast (shrunk from a fuzzer example of the main battery's
+# explore profile): a 3 x 26 map of Grady edge weights, 0 cut, 1 weak, 2 strong (e^12), one
+# seed at (0, 0), so S = 1 at every pixel. Multigrid-preconditioned CG stops with S falling
+# from 1 to 1e-8 along the strip (28 pixels "unreachable") and a certified error estimate of
+# 4e-4: the estimate misses the error of the region behind the weak edges. Jacobi-PCG,
+# certified by the same cycle, warns; the direct solve is right.
+STRIP_RIGHT = ["11101112222222111001111120", "11111110211111101111111220", "11111122111101110110111100"]
+STRIP_DOWN = ["11111101222222111111111020", "10111112210101111111111122", "0" * 26]
+STRIP_FAILURES = {"torch-multigrid", "triton-multigrid"}
+
+
+def _strip_params():
+    configs = [("scipy", "auto"), ("torch", "multigrid"), ("torch", "jacobi")]
+    if TRITON:
+        configs += [("triton", "multigrid"), ("triton", "jacobi")]
+    for backend, preconditioner in configs:
+        key = f"{backend}-{preconditioner}"
+        marks = pytest.mark.xfail(
+            strict=True, raises=AssertionError,
+            reason="multigrid's certified estimate (4e-4) misses an error of 1 in S behind weak edges (float64, e^12)",
+        ) if key in STRIP_FAILURES else ()
+        yield pytest.param(backend, preconditioner, marks=marks, id=key)
+
+
+@pytest.mark.parametrize("backend,preconditioner", list(_strip_params()))
+def test_grady_strip_behind_weak_edges_is_right_or_warns(backend, preconditioner):
+    level = {"0": 0.0, "1": 1.0, "2": math.exp(12.0)}
+    edges = torch.tensor([[[[level[c] for c in row] for row in STRIP_RIGHT],
+                           [[level[c] for c in row] for row in STRIP_DOWN]]], dtype=torch.float64)
+    seeds = torch.full((1, 3, 26), -1)
+    seeds[0, 0, 0] = 0
+    right_or_warns(edges, seeds, 1, backend, preconditioner, edges=True)
 
 
 def test_exact_partition_functions_against_a_dense_solve_and_series_resistances():
