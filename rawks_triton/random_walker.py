@@ -141,6 +141,17 @@ def _check_arguments(beta, mode, tol, copy, return_full_prob, prob_tol, channel_
     return mode, tol, prob_tol
 
 
+def _check_writable_labels(labels, copy, return_full_prob) -> None:
+    """copy=False writes the label map into ``labels``: a read-only numpy array cannot take it."""
+    if copy or return_full_prob or not isinstance(labels, np.ndarray) or labels.flags.writeable:
+        return
+    raise ValueError(
+        "`labels` must be a writable array when copy=False (the segmentation is written into it), "
+        f"got a read-only numpy array of shape {labels.shape} and dtype {labels.dtype} "
+        "(labels.flags.writeable is False); pass copy=True to get a new array, or a writable copy of `labels`"
+    )
+
+
 def _spatial_layout(data: torch.Tensor, label_shape, channel_axis) -> torch.Tensor:
     """The data as [H, W, C]; 3D volumes raise NotImplementedError."""
     if channel_axis is None:
@@ -251,6 +262,7 @@ def random_walker_with_stats(data, labels, *args, **kwargs):
 def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_tol, channel_axis, backend, maxiter):
     """The work of :func:`random_walker`; warnings point at the public function's caller."""
     mode, tol, prob_tol = _check_arguments(beta, mode, tol, copy, return_full_prob, prob_tol, channel_axis)
+    _check_writable_labels(labels, copy, return_full_prob)
     labels_is_tensor = isinstance(labels, torch.Tensor)
     if isinstance(data, torch.Tensor):
         device = data.device

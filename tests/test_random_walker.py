@@ -240,6 +240,20 @@ def test_copy_false_writes_the_segmentation_into_labels():
     assert np.all(labels > 0)
 
 
+def test_copy_false_on_a_read_only_array_names_labels_and_copy():
+    data = np.random.default_rng(2).random((8, 9))
+    labels = np.zeros((8, 9), dtype=np.int64)
+    labels[0, 0], labels[7, 8] = 1, 2
+    expected = rt.random_walker(data, labels)
+    labels.setflags(write=False)
+    with pytest.raises(ValueError, match=r"`labels` must be a writable array when copy=False.*read-only"):
+        rt.random_walker(data, labels, copy=False)
+    assert np.count_nonzero(labels) == 2  # untouched
+    # copy=True, and the probabilities (nothing is written into `labels`), still work on it
+    np.testing.assert_array_equal(rt.random_walker(data, labels), expected)
+    assert rt.random_walker(data, labels, copy=False, return_full_prob=True).shape == (2, 8, 9)
+
+
 def test_tensors_in_tensors_out_and_backends_agree():
     rng = np.random.default_rng(4)
     data = rng.random((20, 24))
