@@ -300,6 +300,7 @@ class CertifiedPCG:
         # the best certified iterate of each system that went on after a failed certification
         self._best_x: dict[int, torch.Tensor] = {}
         self._best_error = self._best_rr = self._best_failing = None
+        self._went_on = torch.ones(count, dtype=torch.bool, device=device)  # iterated since the last refresh
 
     def _record(self, alpha: torch.Tensor, beta: torch.Tensor) -> None:
         """Keep one iteration's CG coefficients of every system ([S], 0 for inactive ones)."""
@@ -418,7 +419,9 @@ class CertifiedPCG:
             )
             # Never return worse than the best certified iterate (a float32 solve pushed past
             # its floor can drift): systems that got worse go back to it, stalled.
-            worse = plain > self.certified_measure
+            # Only systems that iterated since the last refresh can have got worse: a system
+            # that stopped there keeps its x (its measure may differ in the last bits).
+            worse = (plain > self.certified_measure) & self._went_on
             saved = torch.zeros_like(worse)
             if self._best_x:
                 saved[list(self._best_x)] = True
@@ -433,7 +436,9 @@ class CertifiedPCG:
         self.stalled |= failing & ~progressed
         active = failing & progressed & ~self.stalled if reactivate else torch.zeros_like(failing)
         better = plain <= self.certified_measure
-        if bool(active.any()):  # systems that go on keep their best iterate to fall back on
+        for r in [r for r in self._best_x if not bool(active[r])]:
+            del self._best_x[r]  # a system that stops keeps its x; its fallback is not needed
+        if bool(active.any()) and not first:  # systems that go on keep their best iterate to fall back on
             rows = (active & better).nonzero().squeeze(1)
             for r, values in zip(rows.tolist(), self._x_rows(rows)):
                 self._best_x[r] = values.clone()
@@ -451,6 +456,7 @@ class CertifiedPCG:
         self._best_recursive = plain.clone()
         self._best_at = self.iterations.clone()
         self._alphas, self._betas = [], []  # a new Lanczos sequence (the floor seen so far is kept)
+        self._went_on = active.clone()
         self._activate(active, restart)
 
     def stats(self, rhs_norm: torch.Tensor, maxiter: int, done: int) -> SolveStats:
@@ -700,7 +706,12 @@ def report(stats: SolveStats, options: SolverOptions, what: str, image_index, la
         f"(image {int(image_index[worst])}, label {int(label_index[worst])}) "
         f"against rtol={options.rtol:g}, atol={options.atol:g}. {advice}"
     )
-    if options.strict:
+    warn_not_converged(message, options.strict)
+
+
+def warn_not_converged(message: str, strict: bool) -> None:
+    """ConvergenceError with ``strict``, else a ConvergenceWarning attributed to the caller's line."""
+    if strict:
         raise ConvergenceError(message)
     warnings.warn(message, ConvergenceWarning, stacklevel=_caller_stacklevel())
 

@@ -238,8 +238,10 @@ def coarsest_inverse(A: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     keep = grounded.to(A.dtype)
     mask = keep.unsqueeze(-1) * keep.unsqueeze(-2)
     factor, info = torch.linalg.cholesky_ex(A * mask + torch.diag_embed(1.0 - keep))
-    inverse = torch.cholesky_inverse(factor)
     failed = info != 0
+    if bool(failed.any()):  # a failed factor is not triangular-invertible: identity until replaced
+        factor = torch.where(failed.view(-1, *([1] * (factor.dim() - 1))), torch.eye(n, dtype=A.dtype, device=A.device), factor)
+    inverse = torch.cholesky_inverse(factor)
     if bool(failed.any()):
         # A nearly singular grounded block (rounding): its symmetric positive semi-definite
         # pseudo-inverse keeps the cycle symmetric and CG convergent, at eigh's accuracy.

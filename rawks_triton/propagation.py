@@ -16,7 +16,7 @@ from torch import nn
 from . import _checks, memory
 from .autograd import Normalize, RandomWalkSolve, SolveRecord
 from .backends import BACKENDS, choose_solver, get_backend
-from .cg import SolverOptions, SolveStats
+from .cg import SolverOptions, SolveStats, warn_not_converged
 from .coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
 from .systems import compact_labels
 
@@ -309,6 +309,8 @@ def propagate(
     with torch.no_grad():
         total = Z.clamp(min=0.0).sum(dim=1)
     reachable = total > tau
+    if model == "grady" and systems.num_systems:
+        converged = _check_partition_of_unity(total, right, down, systems, options, converged)
     present = systems.present.to(dtype)
     count = present.sum(dim=1, keepdim=True)
     # Unreachable pixels: uniform over the labels present (over all labels without seeds).
@@ -330,6 +332,50 @@ def propagate(
         preconditioner=preconditioner,
         _record=record,
     )
+
+
+def _check_partition_of_unity(total, right, down, systems, options: SolverOptions, converged: torch.Tensor):
+    """Grady: sum_l Z_l is exactly 1 on a pixel connected to a seed and 0 elsewhere.
+
+    So it is the same at both ends of every edge of nonzero conductance. A total far from
+    both 0 and 1, or different across such an edge, means that the solve did not resolve
+    the system in this dtype:
+    the conductance contrast between a region's internal edges and the edges that connect it
+    to the seeds is beyond what rounding leaves of it (docs/numerics.md, "Grady contrast").
+    The solve's stopping rule bounds each Z_l by rtol, so an honest solve stays within a few
+    rtol (or, at rtol = 0, the dtype's rounding) of 0 or 1. Returns ``converged`` with the
+    systems of such images marked not converged, after a ConvergenceWarning (ConvergenceError
+    with ``strict``).
+    """
+    count = systems.present.sum(dim=1).clamp(min=1).to(total.dtype)  # [N] labels present
+    eps = torch.finfo(total.dtype).eps
+    bound = count * max(10.0 * options.rtol, 1e3 * eps) + options.atol * count
+    bound = bound.view(-1, 1, 1)
+    off = torch.minimum(total, (total - 1.0).abs()) > bound  # [N, H, W]
+    with torch.no_grad():
+        jump_right = (right[:, :, :-1] > 0) & ((total[:, :, 1:] - total[:, :, :-1]).abs() > bound)
+        jump_down = (down[:, :-1, :] > 0) & ((total[:, 1:, :] - total[:, :-1, :]).abs() > bound)
+    off[:, :, 1:] |= jump_right
+    off[:, 1:, :] |= jump_down
+    # only images whose solves all converged: the others have warned already
+    failed = torch.zeros(total.shape[0], device=total.device).index_add_(
+        0, systems.image_index, (~converged).to(torch.float32).to(total.device)
+    )
+    bad_images = off.flatten(1).any(dim=1) & (failed == 0)
+    if not bool(bad_images.any()):
+        return converged
+    n = int(bad_images.nonzero()[0])
+    values = total[n][off[n]]
+    message = (
+        f"grady: the probabilities of {int(bad_images.sum())} of {bad_images.numel()} images do not sum to 1 "
+        f"(image {n}: {int(off[n].sum())} pixels with sum_l Z_l between {float(values.min()):.3g} and "
+        f"{float(values.max()):.3g}, where it is 0 or 1, the same across every edge of nonzero "
+        f"conductance): the contrast between strong and weak "
+        f"conductances is beyond what {str(total.dtype).replace('torch.', '')} resolves. Solve in float64, "
+        f"or limit the range of the scores / edge weights (docs/numerics.md, \"Grady contrast\")."
+    )
+    warn_not_converged(message, options.strict)
+    return converged & ~bad_images[systems.image_index]
 
 
 class RandomWalkPropagation(nn.Module):

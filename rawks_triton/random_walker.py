@@ -337,7 +337,7 @@ def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_
         # Reported below in this function's terms (beta, tol) instead of propagate's.
         warnings.simplefilter("ignore", ConvergenceWarning)
         try:
-            result = propagate(edges, seeds, num_labels, "grady", rtol=tol, atol=0.0, min_weight=0.0, **solver)
+            result = propagate(edges, seeds, num_labels, "grady", rtol=tol, atol=0.0, **solver)
         except ValueError as err:
             if solver.get("preconditioner") != "multigrid" or "preconditioner" not in str(err):
                 raise
@@ -346,7 +346,7 @@ def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_
             fallback = False
         if fallback:
             solver["preconditioner"] = "jacobi"
-            result = propagate(edges, seeds, num_labels, "grady", rtol=tol, atol=0.0, min_weight=0.0, **solver)
+            result = propagate(edges, seeds, num_labels, "grady", rtol=tol, atol=0.0, **solver)
     if fallback:
         warnings.warn(
             f'random_walker: backend {result.backend!r} has no multigrid preconditioner; mode "cg_mg" ran as "cg_j".',
@@ -357,8 +357,9 @@ def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_
         failed = ~result.converged
         warnings.warn(
             f"random_walker: conjugate gradients did not reach tol={tol:g} for {int(failed.sum())} of "
-            f"{failed.numel()} labels (worst relative residual {float(result.residual.max()):.3e} after "
-            f"{int(result.iterations.max())} iterations). Decrease `beta` to improve the conditioning, "
+            f"{failed.numel()} labels (largest estimated error of the probabilities {float(result.error.max()):.3e}, "
+            f"relative residual {float(result.residual.max()):.3e}, after {int(result.iterations.max())} "
+            f"iterations). Decrease `beta` to improve the conditioning, "
             f"raise `maxiter`, or loosen `tol`.",
             ConvergenceWarning,
             stacklevel=3,
