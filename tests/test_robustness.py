@@ -178,3 +178,20 @@ def test_a_grady_solution_that_does_not_sum_to_one_warns_from_the_callers_line()
         rt.propagate(scores, seeds, 1, "grady", backend="scipy", strict=True)
     exact = rt.propagate(scores.double(), seeds, 1, "grady", backend="scipy")  # float64 resolves it
     assert bool(exact.converged.all()) and bool(exact.reachable.all())
+
+
+def test_a_singular_direct_factorisation_warns_instead_of_raising():
+    """Found by the fuzz battery's explore profile: float32 Grady edges where a weak edge's
+    share of the degree is lost to rounding leave a region with no excess, and the direct
+    solve raised "Factor is exactly singular". Now it is factorised with a shift of the
+    dtype's rounding and the partition-of-unity check reports it."""
+    edges = torch.zeros(1, 2, 1, 5)
+    edges[0, 0, 0, :4] = torch.tensor([1.0, 1.0, 1e-9, 1.0])
+    seeds = torch.full((1, 1, 5), -1)
+    seeds[0, 0, 0] = 0
+    with pytest.warns(rt.ConvergenceWarning, match="do not sum to 1"):
+        result = rt.propagate(edges, seeds, 2, "grady", backend="scipy")
+    assert not bool(result.converged.any()) and torch.isfinite(result.P).all()
+    exact = rt.propagate(edges.double(), seeds, 2, "grady", backend="scipy")
+    assert bool(exact.converged.all())
+    torch.testing.assert_close(exact.P[0, 0], torch.ones(1, 5, dtype=torch.float64))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
@@ -37,14 +38,18 @@ class DirectBackend:
             A = assemble_matrix(d[n], r[n], dn[n])
             keep = np.flatnonzero(solvable_pixels(r[n], dn[n], free[n], seed_adjacent[n]))
             sub = A[keep][:, keep].tocsc()
-            try:
-                lu = (
-                    spla.splu(sub, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
-                    if keep.size
-                    else None
-                )
-            except RuntimeError as err:  # exactly singular: only reachable with degenerate weights
-                raise RuntimeError(f"scipy backend: the system of image {n} is singular ({err})") from err
+            lu = _factor(sub) if keep.size else None
+            if lu is None and keep.size:
+                # Exactly singular: a degree computed in the input's dtype lost the share of an
+                # edge too weak beside the others (a Grady contrast beyond the dtype), so a
+                # region joined to the seeds by it has no excess. Factorised with a relative
+                # shift of the dtype's rounding instead; the region then comes out cut off,
+                # which propagate's partition-of-unity check reports (docs/numerics.md,
+                # "Grady contrast").
+                shift = 16 * float(torch.finfo(stencil.diag.dtype).eps)
+                lu = _factor((sub + sp.diags(shift * sub.diagonal())).tocsc())
+                if lu is None:
+                    raise RuntimeError(f"scipy backend: the system of image {n} is singular")
             self.factors[int(n)] = (A, keep, lu)
 
     def solve(self, rhs):
@@ -79,3 +84,11 @@ class DirectBackend:
 
     def coefficient_gradients(self, adjoint, x, Z, edges: bool):
         return coefficient_gradients(adjoint, x, Z, self.systems, edges)
+
+
+def _factor(sub):
+    """Sparse LU of a symmetric matrix (None when it is exactly singular)."""
+    try:
+        return spla.splu(sub, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    except RuntimeError:
+        return None
