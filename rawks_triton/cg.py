@@ -297,10 +297,10 @@ class CertifiedPCG:
         self._last_recursive = torch.full((count,), math.inf, dtype=dtype, device=device)
         self._last_certified = torch.full((count,), math.inf, dtype=dtype, device=device)
         self._last_predicted = torch.full((count,), math.inf, dtype=dtype, device=device)
-        # the best certified iterate of each system that went on after a failed certification
-        self._best_x: dict[int, torch.Tensor] = {}
-        self._best_error = self._best_rr = self._best_failing = None
-        self._went_on = torch.ones(count, dtype=torch.bool, device=device)  # iterated since the last refresh
+        # system -> (x, error, r'r) of its best certified iterate, for each system that goes on
+        # after a failed certification (only those: a system that stops drops its entry, and
+        # x = 0 is never one); a fallback is a failing iterate by construction
+        self._fallback: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def _record(self, alpha: torch.Tensor, beta: torch.Tensor) -> None:
         """Keep one iteration's CG coefficients of every system ([S], 0 for inactive ones)."""
@@ -419,32 +419,25 @@ class CertifiedPCG:
             )
             # Never return worse than the best certified iterate (a float32 solve pushed past
             # its floor can drift): systems that got worse go back to it, stalled.
-            # Only systems that iterated since the last refresh can have got worse: a system
-            # that stopped there keeps its x (its measure may differ in the last bits).
-            worse = (plain > self.certified_measure) & self._went_on
-            saved = torch.zeros_like(worse)
-            if self._best_x:
-                saved[list(self._best_x)] = True
-            worse &= saved
-            if bool(worse.any()):
-                rows = worse.nonzero().squeeze(1)
-                self._set_x_rows(rows, torch.stack([self._best_x[int(r)] for r in rows]))
-                error = torch.where(worse, self._best_error, error)
-                rr = torch.where(worse, self._best_rr, rr)
-                failing = torch.where(worse, self._best_failing, failing)
-                plain = torch.where(worse, self.certified_measure, plain)
+            # Only systems that iterated since the last refresh have a fallback (see below): a
+            # system that stopped keeps its x (its measure may differ in the last bits).
+            worse = plain > self.certified_measure
+            rows = [r for r in self._fallback if bool(worse[r])]
+            if rows:
+                error, rr, failing, plain = error.clone(), rr.clone(), failing.clone(), plain.clone()
+                self._set_x_rows(torch.tensor(rows, device=worse.device), torch.stack([self._fallback[r][0] for r in rows]))
+                for r in rows:
+                    _, error[r], rr[r] = self._fallback[r]
+                    failing[r], plain[r] = True, self.certified_measure[r]
         self.stalled |= failing & ~progressed
         active = failing & progressed & ~self.stalled if reactivate else torch.zeros_like(failing)
         better = plain <= self.certified_measure
-        for r in [r for r in self._best_x if not bool(active[r])]:
-            del self._best_x[r]  # a system that stops keeps its x; its fallback is not needed
+        for r in [r for r in self._fallback if not bool(active[r])]:
+            del self._fallback[r]  # a system that stops keeps its x; its fallback is not needed
         if bool(active.any()) and not first:  # systems that go on keep their best iterate to fall back on
             rows = (active & better).nonzero().squeeze(1)
             for r, values in zip(rows.tolist(), self._x_rows(rows)):
-                self._best_x[r] = values.clone()
-            keep = lambda new, old: new if old is None else torch.where(better, new, old)  # noqa: E731
-            self._best_error, self._best_rr = keep(error, self._best_error), keep(rr, self._best_rr)
-            self._best_failing = keep(failing, self._best_failing)
+                self._fallback[r] = (values.clone(), error[r].clone(), rr[r].clone())
         if not first:
             self.certified_measure = torch.minimum(self.certified_measure, plain)
         self._last_certified = plain.clone()
@@ -456,7 +449,6 @@ class CertifiedPCG:
         self._best_recursive = plain.clone()
         self._best_at = self.iterations.clone()
         self._alphas, self._betas = [], []  # a new Lanczos sequence (the floor seen so far is kept)
-        self._went_on = active.clone()
         self._activate(active, restart)
 
     def stats(self, rhs_norm: torch.Tensor, maxiter: int, done: int) -> SolveStats:

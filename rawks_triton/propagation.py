@@ -26,8 +26,8 @@ PRECONDITIONERS = ("jacobi", "multigrid")  # what preconditioner="auto" chooses 
 # The reach threshold tau of each model: the total weight S = sum_l Z_l at or below which a
 # pixel counts as unreachable (docs/numerics.md, "Reachability", gives the reasoning).
 # "rawks": S is the probability that a walk from the pixel reaches a scribble before it is
-# killed; 1e-19 is about sqrt of float32's smallest normal number, so S, its square and
-# 1 / S stay normal floats in both dtypes, and the iterative solvers resolve P to about
+# killed; 1e-18 is ten times sqrt of float32's smallest normal number (1.1e-19), so S, its
+# square and 1 / S stay normal floats in both dtypes, and the iterative solvers resolve P to about
 # 1e-5 down to it in float32 (measured on learned boundaries). "grady": the walk is never
 # killed, so S is exactly 1 on every component joined to a seed and 0 elsewhere.
 REACH_THRESHOLDS = {"rawks": 1e-18, "grady": 0.5}
@@ -175,9 +175,8 @@ def _check_options(
     if min_weight is not None:
         min_weight = _checks.check_nonnegative_real("min_weight", min_weight)
     return SolverOptions(
-        rtol=rtol, atol=atol, maxiter=maxiter, check_every=check_every, strict=strict, preconditioner=preconditioner,
-        tau=REACH_THRESHOLDS[model] if min_weight is None else min_weight,
-    )
+        rtol=rtol, atol=atol, maxiter=maxiter, check_every=check_every, strict=strict, preconditioner=preconditioner
+    )  # tau, which depends on the dtype, is set by propagate (reach_threshold)
 
 
 def _coefficients(scores: torch.Tensor, edges: bool, model: str):
@@ -240,7 +239,7 @@ def propagate(
             its solves are certified by a multigrid cycle, so on learned boundaries it often
             fails to converge within ``maxiter``, and says so).
         min_weight: override of the reach threshold tau (default
-            ``REACH_THRESHOLDS[model]``: 1e-19 for "rawks", 0.5 for "grady"). Pixels whose
+            ``REACH_THRESHOLDS[model]``: 1e-18 for "rawks", 0.5 for "grady"). Pixels whose
             total weight S = sum_l Z_l is at or below tau are unreachable: P uniform over
             the labels present, zero gradient.
 
@@ -352,15 +351,10 @@ def _check_partition_of_unity(total, right, down, systems, options: SolverOption
     bound = count * max(10.0 * options.rtol, 1e3 * eps) + options.atol * count
     bound = bound.view(-1, 1, 1)
     off = torch.minimum(total, (total - 1.0).abs()) > bound  # [N, H, W]
-    with torch.no_grad():
-        jump_right = (right[:, :, :-1] > 0) & ((total[:, :, 1:] - total[:, :, :-1]).abs() > bound)
-        jump_down = (down[:, :-1, :] > 0) & ((total[:, 1:, :] - total[:, :-1, :]).abs() > bound)
-    off[:, :, 1:] |= jump_right
-    off[:, 1:, :] |= jump_down
+    off[:, :, 1:] |= (right[:, :, :-1] > 0) & ((total[:, :, 1:] - total[:, :, :-1]).abs() > bound)
+    off[:, 1:, :] |= (down[:, :-1, :] > 0) & ((total[:, 1:, :] - total[:, :-1, :]).abs() > bound)
     # only images whose solves all converged: the others have warned already
-    failed = torch.zeros(total.shape[0], device=total.device).index_add_(
-        0, systems.image_index, (~converged).to(torch.float32).to(total.device)
-    )
+    failed = systems.per_image_sum((~converged).to(total.dtype).to(total.device))
     bad_images = off.flatten(1).any(dim=1) & (failed == 0)
     if not bool(bad_images.any()):
         return converged

@@ -121,3 +121,18 @@ def test_write_docs_replaces_only_between_markers(tmp_path, monkeypatch):
         "a\n<!-- x:begin -->\nnew\nlines\n<!-- x:end -->\nb\n\n"
         "<!-- y:begin -->\nNot measured in this run.\n<!-- y:end -->\n"
     )
+
+
+def test_multigrid_iterations_script_runs_on_a_tiny_size(capsys):
+    from bench import multigrid_iterations
+
+    threads = torch.get_num_threads()
+    try:
+        multigrid_iterations.main(["--sizes", "16", "--models", "rawks,grady", "--jacobi-max-size", "16", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| rawks |") or line.startswith("| grady |")]
+    assert len(rows) == 2, rows
+    for row in rows:
+        multigrid = int(row.split("|")[5])
+        assert multigrid > 0, row  # converged (a negative count means it did not)
