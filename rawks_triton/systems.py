@@ -22,6 +22,8 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
+from .solve.layout import ImageGroups
+
 
 @dataclass(frozen=True)
 class LabelSystems:
@@ -55,59 +57,6 @@ class LabelSystems:
     def per_image_sum(self, per_system: torch.Tensor) -> torch.Tensor:
         """Sum an [S, ...] tensor over the systems of each image -> [N, ...]."""
         return self.groups.image_sum(per_system)
-
-
-class ImageGroups:
-    """How [S, ...] per-system vectors map onto [N, ...] per-image tensors.
-
-    When the systems are sorted by image and every one of the N images has the same number
-    k of them (the common case: a batch of images with the same labels present), an
-    [S, ...] vector is viewed as [N, k, ...] and per-image tensors broadcast as [N, 1, ...]
-    with no copy; otherwise per-image tensors are gathered per system.
-    """
-
-    def __init__(self, image_index: torch.Tensor, n_images: int):
-        self.image_index = image_index
-        self.n_images = n_images
-        systems = int(image_index.numel())
-        counts = torch.bincount(image_index, minlength=n_images) if systems else None
-        k = systems // n_images if n_images else 0
-        uniform = systems > 0 and k > 0 and bool((counts == k).all())
-        if uniform and systems > 1:
-            uniform = bool((image_index[1:] >= image_index[:-1]).all())
-        self.per_image = k if uniform else None
-
-    def restrict(self, rows: torch.Tensor) -> "ImageGroups":
-        return ImageGroups(self.image_index.index_select(0, rows), self.n_images)
-
-    def grouped(self, v: torch.Tensor) -> torch.Tensor:
-        """[S, ...] -> [N, k, ...] (a view) in the uniform case, else [S, 1, ...]."""
-        if self.per_image is not None:
-            return v.view((self.n_images, self.per_image) + tuple(v.shape[1:]))
-        return v.unsqueeze(1)
-
-    def spread(self, t: torch.Tensor) -> torch.Tensor:
-        """[N, ...] per-image -> broadcastable against :meth:`grouped` vectors."""
-        if self.per_image is not None:
-            return t.unsqueeze(1)
-        return t.index_select(0, self.image_index).unsqueeze(1)
-
-    def multiply(self, v: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """out = v * t[image of each system], for [S, ...] v and out and [N, ...] t."""
-        torch.mul(self.grouped(v), self.spread(t), out=self.grouped(out))
-        return out
-
-    def image_max(self, per_system: torch.Tensor) -> torch.Tensor:
-        """[S] -> [N], the largest value over the systems of each image (0 for an image without any)."""
-        out = per_system.new_zeros(self.n_images)
-        return out.scatter_reduce_(0, self.image_index, per_system, reduce="amax", include_self=True)
-
-    def image_sum(self, v: torch.Tensor) -> torch.Tensor:
-        """[S, ...] -> [N, ...], the sum over the systems of each image (0 for an image without any)."""
-        if self.per_image is not None:
-            return self.grouped(v).sum(dim=1)
-        out = v.new_zeros((self.n_images,) + tuple(v.shape[1:]))
-        return out.index_add_(0, self.image_index, v)
 
 
 def compact_labels(seeds: torch.Tensor, num_labels: int, ignore_index: int) -> LabelSystems:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..cg import AdjointRule, ForwardRule, SolverOptions, TorchPCG, run_pcg
-from ..systems import ImageGroups, LabelSystems, Stencil, coefficient_gradients
+from ..solve.layout import ImageGroups
+from ..systems import LabelSystems, Stencil, coefficient_gradients
 
 
 def _padded(t: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,123 @@
+"""The one vector layout of every solver, and how systems map onto their images.
+
+**Frame.** An h x w grid is stored with a one-pixel zero border, flattened: a vector of
+one system is (h + 2) (w + 2) numbers, and the four neighbours of a flat position k are
+k -+ 1 and k -+ (w + 2). The torch and Triton backends and every level of the multigrid
+hierarchy use it, for vectors ([S, size]) and per-image coefficients ([N, size]) alike.
+The coefficients are 0 on the border, and the right edge weight is 0 in the last column,
+so a stencil product needs no masks and rows never mix; the border of a vector stays 0.
+
+**Groups.** Systems are sorted by image then label (:mod:`rawks_triton.systems`);
+:class:`ImageGroups` maps [S, ...] per-system tensors onto [N, ...] per-image ones.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+BORDER = 1  # the width of the zero border around every grid
+
+
+class Frame:
+    """The framed layout of an h x w grid (see the module docstring)."""
+
+    def __init__(self, height: int, width: int):
+        self.height, self.width = int(height), int(width)
+        self.row = self.width + 2 * BORDER  # the stride between vertically adjacent pixels
+        self.rows = self.height + 2 * BORDER
+        self.size = self.rows * self.row
+        # [lo, hi): the flat range from the first to the last pixel; it holds every pixel,
+        # and the border positions inside it have zero coefficients.
+        self.lo, self.hi = self.row + BORDER, self.size - self.row - BORDER
+
+    def __repr__(self) -> str:
+        return f"Frame({self.height}, {self.width})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Frame) and (self.height, self.width) == (other.height, other.width)
+
+    def __hash__(self) -> int:
+        return hash((self.height, self.width))
+
+    def frame(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, h, w] -> [B, size], zero border, contiguous (a new tensor)."""
+        return F.pad(t, (BORDER,) * 4).flatten(-2)
+
+    def grid(self, v: torch.Tensor) -> torch.Tensor:
+        """[..., size] -> its [..., h + 2, w + 2] view."""
+        return v.view(tuple(v.shape[:-1]) + (self.rows, self.row))
+
+    def interior(self, v: torch.Tensor) -> torch.Tensor:
+        """[..., size] -> the [..., h, w] view of the grid inside the border."""
+        return self.grid(v)[..., BORDER:-BORDER, BORDER:-BORDER]
+
+    def unframe(self, v: torch.Tensor) -> torch.Tensor:
+        """[B, size] -> [B, h, w] (a contiguous copy)."""
+        return self.interior(v).contiguous()
+
+    def coarse(self) -> "Frame":
+        """The frame of the grid of 2 x 2 blocks (an odd last row or column pairs with the border)."""
+        return Frame((self.height + 1) // 2, (self.width + 1) // 2)
+
+
+class ImageGroups:
+    """How [S, ...] per-system vectors map onto [N, ...] per-image tensors.
+
+    When the systems are sorted by image and every one of the N images has the same number
+    k of them (the common case: a batch of images with the same labels present), an
+    [S, ...] vector is viewed as [N, k, ...] and per-image tensors broadcast as [N, 1, ...]
+    with no copy; otherwise per-image tensors are gathered per system.
+    """
+
+    def __init__(self, image_index: torch.Tensor, n_images: int):
+        self.image_index = image_index
+        self.n_images = n_images
+        systems = int(image_index.numel())
+        counts = torch.bincount(image_index, minlength=n_images) if systems else None
+        k = systems // n_images if n_images else 0
+        uniform = systems > 0 and k > 0 and bool((counts == k).all())
+        if uniform and systems > 1:
+            uniform = bool((image_index[1:] >= image_index[:-1]).all())
+        self.per_image = k if uniform else None
+
+    @property
+    def num_systems(self) -> int:
+        return int(self.image_index.numel())
+
+    def restrict(self, rows: torch.Tensor) -> "ImageGroups":
+        return ImageGroups(self.image_index.index_select(0, rows), self.n_images)
+
+    def grouped(self, v: torch.Tensor) -> torch.Tensor:
+        """[S, ...] -> [N, k, ...] (a view) in the uniform case, else [S, 1, ...]."""
+        if self.per_image is not None:
+            return v.view((self.n_images, self.per_image) + tuple(v.shape[1:]))
+        return v.unsqueeze(1)
+
+    def spread(self, t: torch.Tensor) -> torch.Tensor:
+        """[N, ...] per-image -> broadcastable against :meth:`grouped` vectors."""
+        if self.per_image is not None:
+            return t.unsqueeze(1)
+        return t.index_select(0, self.image_index).unsqueeze(1)
+
+    def multiply(self, v: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out = v * t[image of each system], for [S, ...] v and out and [N, ...] t."""
+        torch.mul(self.grouped(v), self.spread(t), out=self.grouped(out))
+        return out
+
+    def image_max(self, per_system: torch.Tensor) -> torch.Tensor:
+        """[S] -> [N], the largest value over the systems of each image (0 for an image without any)."""
+        out = per_system.new_zeros(self.n_images)
+        return out.scatter_reduce_(0, self.image_index, per_system, reduce="amax", include_self=True)
+
+    def image_sum(self, v: torch.Tensor) -> torch.Tensor:
+        """[S, ...] -> [N, ...], the sum over the systems of each image (0 for an image without any)."""
+        if self.per_image is not None:
+            return self.grouped(v).sum(dim=1)
+        out = v.new_zeros((self.n_images,) + tuple(v.shape[1:]))
+        return out.index_add_(0, self.image_index, v)
+
+    def first_system(self) -> torch.Tensor:
+        """[N + 1] int64: the systems of image n are rows first[n] .. first[n + 1] - 1."""
+        counts = torch.bincount(self.image_index, minlength=self.n_images)
+        return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
