@@ -5,7 +5,7 @@
 See docs/ for the mathematics, the API with shapes and the numerical limits.
 """
 
-from .cg import ConvergenceError, ConvergenceWarning
+from .solve.options import ConvergenceError, ConvergenceWarning
 from .loss import rawks_loss
 from .memory import PropagationMemoryError
 from .propagation import PropagationResult, RandomWalkPropagation, propagate, reach_threshold

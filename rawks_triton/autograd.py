@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from . import memory
-from .cg import SolveStats, SolverOptions, report
+from .solve.options import SolveStats, SolverOptions, report
 from .systems import LabelSystems, build_stencil, right_hand_sides
 
 

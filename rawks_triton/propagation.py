@@ -14,14 +14,13 @@ import torch
 from torch import nn
 
 from . import _checks, memory
+from .options import PropagationOptions
 from .autograd import Normalize, RandomWalkSolve, SolveRecord
-from .backends import BACKENDS, choose_solver, get_backend
-from .cg import SolverOptions, SolveStats, warn_not_converged
+from .backends import get_backend
+from .solve.choose import choose_solver
+from .solve.options import SolverOptions, SolveStats, warn_not_converged
 from .coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
 from .systems import compact_labels
-
-MODELS = ("rawks", "grady")
-PRECONDITIONERS = ("jacobi", "multigrid")  # what preconditioner="auto" chooses from
 
 # The reach threshold tau of each model: the total weight S = sum_l Z_l at or below which a
 # pixel counts as unreachable (docs/numerics.md, "Reachability", gives the reasoning).
@@ -30,6 +29,8 @@ PRECONDITIONERS = ("jacobi", "multigrid")  # what preconditioner="auto" chooses 
 # square and 1 / S stay normal floats in both dtypes, and the iterative solvers resolve P to about
 # 1e-5 down to it in float32 (measured on learned boundaries). "grady": the walk is never
 # killed, so S is exactly 1 on every component joined to a seed and 0 elsewhere.
+OPTION_NAMES = PropagationOptions.names()
+
 REACH_THRESHOLDS = {"rawks": 1e-18, "grady": 0.5}
 
 
@@ -154,31 +155,6 @@ def _check_seeds(seeds, scores: torch.Tensor, num_labels: int, ignore_index: int
     return seeds.contiguous()
 
 
-def _check_options(
-    num_labels, model, rtol, atol, maxiter, backend, ignore_index, check_every, strict, preconditioner, min_weight
-) -> SolverOptions:
-    _checks.check_int("num_labels", num_labels, minimum=1)
-    _checks.check_choice("model", model, MODELS)
-    _checks.check_choice("backend", backend, BACKENDS)
-    _checks.check_choice("preconditioner", preconditioner, ("auto",) + PRECONDITIONERS)
-    rtol = _checks.check_nonnegative_real("rtol", rtol)
-    atol = _checks.check_nonnegative_real("atol", atol)
-    if maxiter is not None:
-        maxiter = _checks.check_int("maxiter", maxiter, minimum=1)
-    ignore_index = _checks.check_int("ignore_index", ignore_index)
-    if 0 <= ignore_index < num_labels:
-        raise ValueError(f"`ignore_index` must lie outside [0, {num_labels}) (the labels), got {ignore_index}")
-    if check_every is not None:
-        check_every = _checks.check_int("check_every", check_every, minimum=1)
-    if not isinstance(strict, bool):
-        raise TypeError(f"`strict` must be a bool, got {type(strict).__name__}")
-    if min_weight is not None:
-        min_weight = _checks.check_nonnegative_real("min_weight", min_weight)
-    return SolverOptions(
-        rtol=rtol, atol=atol, maxiter=maxiter, check_every=check_every, strict=strict, preconditioner=preconditioner
-    )  # tau, which depends on the dtype, is set by propagate (reach_threshold)
-
-
 def _coefficients(scores: torch.Tensor, edges: bool, model: str):
     if model == "rawks":  # unit edges: no edge arrays at all (build_stencil makes the cut ones)
         return 4.0 * torch.exp(torch.clamp(scores, max=rawks_score_ceiling(scores.dtype))), None, None
@@ -254,18 +230,17 @@ def propagate(
             "the first dimension instead of vmap, and take gradients with torch.autograd (loss.backward() or "
             "torch.autograd.grad) (docs/numerics.md, \"Gradients\")."
         )
-    options = _check_options(
-        num_labels, model, rtol, atol, maxiter, backend, ignore_index, check_every, strict, preconditioner, min_weight
-    )
+    options = PropagationOptions(**{name: value for name, value in locals().items() if name in OPTION_NAMES})
+    num_labels = options.check_labels(num_labels, model)
     scores, edges = _check_boundary(boundary, model)
-    seeds = _check_seeds(seeds, scores, num_labels, ignore_index)
+    seeds = _check_seeds(seeds, scores, num_labels, options.ignore_index)
     n_images, height, width = seeds.shape
-    systems = compact_labels(seeds, num_labels, ignore_index)
-    backend, preconditioner = choose_solver(backend, options.preconditioner, scores.device, height, width, model)
+    systems = compact_labels(seeds, num_labels, options.ignore_index)
+    backend, preconditioner = choose_solver(options.backend, options.preconditioner, scores.device, height, width, model)
     scores = scores.contiguous()
     dtype, device = scores.dtype, scores.device
-    tau = reach_threshold(model, dtype, min_weight)
-    options = replace(options, preconditioner=preconditioner, tau=tau)
+    tau = reach_threshold(model, dtype, options.min_weight)
+    options = options.solver_options(preconditioner, tau)
 
     memory.check_fits(
         backend, systems.num_systems, n_images, height, width, dtype, device,
@@ -375,42 +350,24 @@ def _check_partition_of_unity(total, right, down, systems, options: SolverOption
 class RandomWalkPropagation(nn.Module):
     """Dense label probabilities from sparse seeds and boundary scores, differentiable.
 
+    ``options`` are the keyword options of :func:`propagate` (rtol, atol, maxiter, backend,
+    ignore_index, check_every, strict, preconditioner, min_weight), checked on construction.
     ``forward(boundary, seeds) -> P`` with the shapes of :func:`propagate`; the full
     :class:`PropagationResult` of the last call (P and Z detached) is ``last_result``.
     """
 
-    def __init__(
-        self,
-        num_labels: int,
-        model: str = "rawks",
-        *,
-        rtol: float = 1e-3,
-        atol: float = 0.0,
-        maxiter: int | None = None,
-        backend: str = "auto",
-        ignore_index: int = -1,
-        check_every: int | None = None,
-        strict: bool = False,
-        preconditioner: str = "auto",
-        min_weight: float | None = None,
-    ):
+    def __init__(self, num_labels: int, model: str = "rawks", **options):
         super().__init__()
-        _check_options(
-            num_labels, model, rtol, atol, maxiter, backend, ignore_index, check_every, strict, preconditioner, min_weight
-        )
-        self.num_labels = num_labels
+        self.options = PropagationOptions(**options)  # the keyword options of propagate, checked here
+        self.num_labels = self.options.check_labels(num_labels, model)
         self.model = model
-        self.options = dict(
-            rtol=rtol, atol=atol, maxiter=maxiter, backend=backend, ignore_index=ignore_index,
-            check_every=check_every, strict=strict, preconditioner=preconditioner, min_weight=min_weight,
-        )
         self.last_result: PropagationResult | None = None
 
     def forward(self, boundary: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-        result = propagate(boundary, seeds, self.num_labels, self.model, **self.options)
+        result = propagate(boundary, seeds, self.num_labels, self.model, **self.options.as_dict())
         self.last_result = result.detach()
         return result.P
 
     def extra_repr(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.as_dict().items())
         return f"num_labels={self.num_labels}, model={self.model!r}, {opts}"

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from . import _checks
-from .cg import ConvergenceWarning
-from .propagation import PRECONDITIONERS, propagate
+from .solve.options import ConvergenceWarning
+from .options import PRECONDITIONERS
+from .propagation import propagate
 
 MODES = ("cg", "cg_j", "cg_mg", "bf")
 EDGE_EPSILON = 1e-10  # added to every weight, as scikit-image does: no edge is ever cut by the image

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.sparse.csgraph import connected_components
+
+from .solve.stencil import stencil_entries
 
 
 def _edge_lists(height: int, width: int):
@@ -19,21 +22,17 @@ def _edge_lists(height: int, width: int):
 
 
 def assemble_matrix(diag: np.ndarray, right: np.ndarray, down: np.ndarray) -> sp.csr_array:
-    """A = diag(d) - W on the full H x W grid as a symmetric CSR matrix.
+    """A = diag(d) - W on the full H x W grid as a symmetric CSR matrix (float64).
 
     ``right[i, j]`` weights the edge (i, j)-(i, j+1) and ``down[i, j]`` the edge
     (i, j)-(i+1, j); the last column of ``right`` and the last row of ``down`` are unused.
+    The entries are those of :func:`rawks_triton.solve.stencil.stencil_entries`.
     """
-    height, width = diag.shape
+    height, width = np.shape(diag)
+    as_batch = lambda t: torch.from_numpy(np.asarray(t, dtype=np.float64)).reshape(1, height, width)  # noqa: E731
+    rows, cols, values = stencil_entries(as_batch(diag), as_batch(right), as_batch(down))
     n = height * width
-    r0, r1, d0, d1 = _edge_lists(height, width)
-    w_r = np.asarray(right, dtype=np.float64)[:, :-1].ravel()
-    w_d = np.asarray(down, dtype=np.float64)[:-1, :].ravel()
-    diagonal = np.arange(n)
-    rows = np.concatenate([diagonal, r0, r1, d0, d1])
-    cols = np.concatenate([diagonal, r1, r0, d1, d0])
-    vals = np.concatenate([np.asarray(diag, dtype=np.float64).ravel(), -w_r, -w_r, -w_d, -w_d])
-    return sp.coo_array((vals, (rows, cols)), shape=(n, n)).tocsr()
+    return sp.coo_array((values[0].numpy(), (rows.numpy(), cols.numpy())), shape=(n, n)).tocsr()
 
 
 def solvable_pixels(right: np.ndarray, down: np.ndarray, free: np.ndarray, seed_adjacent: np.ndarray) -> np.ndarray:

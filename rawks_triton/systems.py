@@ -22,7 +22,8 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from .solve.layout import ImageGroups
+from .solve.layout import Frame, ImageGroups
+from .solve.stencil import StencilProduct
 
 
 @dataclass(frozen=True)
@@ -78,28 +79,6 @@ def compact_labels(seeds: torch.Tensor, num_labels: int, ignore_index: int) -> L
     )
 
 
-def _broadcast(a: tuple, b: tuple) -> tuple:
-    """The broadcast of two shapes (numpy rules)."""
-    n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
-    return tuple(y if x == 1 else x for x, y in zip(a, b))
-
-
-def neighbour_sum(right: torch.Tensor, down: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """sum_j W_ij v_j over the 4 neighbours j of every pixel i.
-
-    ``right``/``down`` are [..., H, W] edge weights (0 past the last column/row) that
-    broadcast against ``v`` [..., H, W].
-    """
-    # (torch.broadcast_shapes would import sympy on first use: a second of start-up)
-    out = v.new_zeros(_broadcast(v.shape, right.shape))
-    out[..., :, :-1] += right[..., :, :-1] * v[..., :, 1:]
-    out[..., :, 1:] += right[..., :, :-1] * v[..., :, :-1]
-    out[..., :-1, :] += down[..., :-1, :] * v[..., 1:, :]
-    out[..., 1:, :] += down[..., :-1, :] * v[..., :-1, :]
-    return out
-
-
 def right_hand_sides(right, down, systems: LabelSystems, dtype: torch.dtype | None = None) -> torch.Tensor:
     """b [S, H, W]: for free pixels, the weight of their edges to seeds of the label.
 
@@ -110,12 +89,15 @@ def right_hand_sides(right, down, systems: LabelSystems, dtype: torch.dtype | No
 
         right, down = grid_edges(systems.free.to(dtype))
     groups = systems.groups
-    seeds = systems.seed_indicator(right.dtype)
-    grouped = groups.grouped(seeds)  # the coefficients of each image broadcast over its labels
-    b = neighbour_sum(groups.spread(right), groups.spread(down), grouped)
-    del seeds, grouped
-    b.masked_fill_(~groups.spread(systems.free), 0.0)
-    return b.view(-1, *right.shape[-2:])
+    frame = Frame(*right.shape[-2:])
+    # the coefficients of each image broadcast over its labels
+    product = StencilProduct(None, groups.spread(frame.frame(right)), groups.spread(frame.frame(down)), frame.row)
+    seeds = frame.frame(systems.seed_indicator(right.dtype))
+    b = product.neighbours(groups.grouped(seeds), groups.grouped(torch.empty_like(seeds)))
+    del seeds
+    b = frame.unframe(b.view(-1, frame.size))
+    groups.grouped(b).masked_fill_(~groups.spread(systems.free), 0.0)
+    return b
 
 
 @dataclass(frozen=True)
@@ -159,11 +141,13 @@ def build_stencil(diag, right, down, free: torch.Tensor, unit_edges: bool = Fals
 
 
 def stencil_matvec(stencil: Stencil, image_index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """y = A x for [S, H, W] vectors, A of each system taken from its image. Plain torch."""
-    d = stencil.diag.index_select(0, image_index)
-    r = stencil.right.index_select(0, image_index)
-    dn = stencil.down.index_select(0, image_index)
-    return d * x - neighbour_sum(r, dn, x)
+    """y = A x for [S, H, W] vectors, A of each system taken from its image (plain torch; tests
+    and diagnostics: the solvers apply the same product in their framed layout)."""
+    frame = Frame(*x.shape[-2:])
+    framed = lambda t: frame.frame(t.index_select(0, image_index))  # noqa: E731
+    product = StencilProduct(framed(stencil.diag), framed(stencil.right), framed(stencil.down), frame.row)
+    xf = frame.frame(x)
+    return frame.unframe(product(xf, torch.empty_like(xf)))
 
 
 def coefficient_gradients(adjoint: torch.Tensor, x: torch.Tensor, Z: torch.Tensor, systems: LabelSystems, edges: bool):

@@ -50,7 +50,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 import rawks_triton as rt
-from rawks_triton.backends import triton_available
+from rawks_triton.solve.choose import triton_available
 from rawks_triton.reference import assemble_matrix, dense_solve
 
 from conftest import learned_scene

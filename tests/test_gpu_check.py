@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from rawks_triton.backends import triton_available
+from rawks_triton.solve.choose import triton_available
 
 
 @pytest.mark.interpreter

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rawks_triton as rt
-from rawks_triton.backends import triton_available
+from rawks_triton.solve.choose import triton_available
 
 from conftest import assert_close, learned_problems, learned_scene, random_scores, random_seeds
 
@@ -215,7 +215,7 @@ def test_a_system_that_stopped_keeps_its_answer(monkeypatch, dtype):
     fallback while label 2 stops; then label 1 stops and label 0 (its measure raised to 1.5)
     goes on alone; and every
     refresh finds the measures one part in a million higher than the last, as rounding may."""
-    from rawks_triton import cg
+    from rawks_triton.solve import pcg as cg
 
     scores, seeds = ring_scene(dtype)
     reference = rt.propagate(scores.double(), seeds, 3, backend="scipy")

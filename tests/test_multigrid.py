@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 import rawks_triton as rt
 from rawks_triton.coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
-from rawks_triton.multigrid import FRAME, MultigridOptions, MultigridPreconditioner, build_hierarchy
+from rawks_triton.backends.torch.multigrid import TorchMultigrid
+from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
 from rawks_triton.reference import assemble_matrix
 from rawks_triton.systems import build_stencil, compact_labels, right_hand_sides
 
@@ -45,7 +46,7 @@ def make_problem(rng, model, n, h, w, density=0.1, num_labels=3, spread=3.0, dty
 def interior(level, t):
     """[N, 1, (h + 2) (w + 2)] level tensor -> [N, h, w] numpy."""
     n = t.shape[0]
-    grid = t.reshape(n, level.height + 2 * FRAME, level.width + 2 * FRAME)[:, FRAME:-FRAME, FRAME:-FRAME]
+    grid = level.frame.interior(t.reshape(n, -1))
     return grid.double().numpy()
 
 
@@ -80,7 +81,7 @@ def test_preconditioner_is_symmetric_positive_definite_on_free_pixels(rng, model
     S = systems.num_systems
     assert S > 0
     options = CYCLES[cycle]
-    M = MultigridPreconditioner(build_hierarchy(stencil, options), image_index, options)
+    M = TorchMultigrid(build_hierarchy(stencil, options), image_index, options)
     Mm = explicit_preconditioner(M, S, h, w)
     assert_close(Mm, Mm.transpose(1, 2), atol=1e-12 * float(Mm.abs().max()), name="M - M^T")
     active = (stencil.inv_diag > 0).index_select(0, image_index).reshape(S, -1)
@@ -101,7 +102,7 @@ def test_dot_product_test_and_rayleigh_quotients(rng, model, h, w, dtype, cycle)
     _, systems, stencil = make_problem(rng, model, 2, h, w, density=0.02, dtype=dtype)
     image_index = torch.tensor([0, 0, 1, 1])
     options = replace(CYCLES[cycle], coarsest_pixels=MultigridOptions.coarsest_pixels)
-    M = MultigridPreconditioner(build_hierarchy(stencil, options), image_index, options)
+    M = TorchMultigrid(build_hierarchy(stencil, options), image_index, options)
     assert M.per_group == 2
     active = (stencil.inv_diag > 0).index_select(0, image_index).to(dtype)
     u = torch.from_numpy(rng.standard_normal((4, h, w))).to(dtype) * active
@@ -174,7 +175,7 @@ def test_no_leak_into_components_without_seeds():
     systems = compact_labels(seeds, 2, -1)
     coeffs = grady_edge_coefficients(edges)
     stencil = build_stencil(*coeffs, systems.free)
-    M = MultigridPreconditioner(build_hierarchy(stencil, MultigridOptions(coarsest_pixels=4)), systems.image_index)
+    M = TorchMultigrid(build_hierarchy(stencil, MultigridOptions(coarsest_pixels=4)), systems.image_index)
     r = torch.rand(2, 8, 8, dtype=torch.float64) * systems.free_mask(torch.float64)
     r[:, :, 3:] = 0.0
     z = M(r)
@@ -199,9 +200,9 @@ def test_subset_of_systems_matches_rows_of_the_full_preconditioner(rng):
     levels = build_hierarchy(stencil)
     image_index = torch.tensor([0, 0, 1, 1, 2, 2])
     r = torch.from_numpy(rng.standard_normal((6, 21, 18))) * (stencil.inv_diag > 0).index_select(0, image_index)
-    full = MultigridPreconditioner(levels, image_index)(r)
+    full = TorchMultigrid(levels, image_index)(r)
     rows = torch.tensor([1, 2, 5])
-    part = MultigridPreconditioner(levels, image_index.index_select(0, rows))
+    part = TorchMultigrid(levels, image_index.index_select(0, rows))
     assert part.per_group == 1
     assert_close(part(r.index_select(0, rows)), full.index_select(0, rows), atol=1e-13, name="M_rows r")
 
@@ -318,7 +319,7 @@ def test_all_seeded_image_next_to_a_free_one(rng, model):
 
 
 def test_auto_rule_picks_and_records_the_solver():
-    from rawks_triton.backends import DIRECT_MAX_PIXELS, choose_solver
+    from rawks_triton.solve.choose import DIRECT_MAX_PIXELS, choose_solver
 
     cpu = torch.device("cpu")
     assert choose_solver("auto", "auto", cpu, 8, 8, "grady") == ("scipy", "none")

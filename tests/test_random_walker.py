@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import rawks_triton as rt
-from rawks_triton.backends import triton_available
+from rawks_triton.solve.choose import triton_available
 
 LABEL_AGREEMENT = 0.999
 PROBABILITY_TOL = 1e-3

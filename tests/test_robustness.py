@@ -120,18 +120,18 @@ def test_the_estimate_is_compared_with_what_is_available(monkeypatch):
 
 
 def test_an_allocator_failure_during_the_solve_becomes_the_same_error(monkeypatch):
-    """Was: the allocator's raw "DefaultCPUAllocator: can't allocate memory" deep inside cg.py."""
-    from rawks_triton.backends import torch_cg
+    """Was: the allocator's raw "DefaultCPUAllocator: can't allocate memory" deep inside the CG iteration."""
+    from rawks_triton.backends import torch as torch_backend
 
     def fail(self, *args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(torch_cg.TorchBackend, "solve", fail)
+    monkeypatch.setattr(torch_backend.TorchBackend, "solve", fail)
     scores, seeds = batch()
     with pytest.raises(rt.PropagationMemoryError, match="out of memory during the solve"):
         rt.propagate(scores, seeds, 2, backend="torch")
     # other errors are not renamed
-    monkeypatch.setattr(torch_cg.TorchBackend, "solve", lambda self, *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(torch_backend.TorchBackend, "solve", lambda self, *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         rt.propagate(scores, seeds, 2, backend="torch")
 

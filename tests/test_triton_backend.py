@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import rawks_triton as rt
-from rawks_triton.backends import triton_available
-from rawks_triton.cg import ConvergenceWarning
+from rawks_triton.solve.choose import triton_available
+from rawks_triton import ConvergenceWarning
 
 from conftest import assert_close, compare_with_reference, random_scores, random_seeds
 
@@ -116,7 +116,9 @@ def test_matvec_is_the_assembled_operator_and_symmetric(rng, model):
 def test_a_general_preconditioner_gives_the_fused_jacobi_iterates(rng):
     """The hook used by multigrid: M r computed outside the CG kernels, r' z by its own launch."""
     from rawks_triton.backends.triton_cg import TritonPCG
-    from rawks_triton.cg import ForwardRule, SolverOptions, run_pcg
+    from rawks_triton.solve.options import SolverOptions
+    from rawks_triton.solve.pcg import run_pcg
+    from rawks_triton.solve.rules import ForwardRule
 
     op, stencil, systems = _operator(rng, "rawks", 7, 13)
     rhs = torch.randn(systems.num_systems, 7, 13, dtype=torch.float64, device=DEVICE).abs()

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import rawks_triton as rt
-from rawks_triton.backends import triton_available
-from rawks_triton.multigrid import MultigridOptions, MultigridPreconditioner, build_hierarchy
+from rawks_triton.solve.choose import triton_available
+from rawks_triton.backends.torch.multigrid import TorchMultigrid as MultigridPreconditioner
+from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
 
 from conftest import assert_close, compare_with_reference, random_scores, random_seeds
 from test_multigrid import make_problem

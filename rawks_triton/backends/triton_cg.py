@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from ..cg import AdjointRule, CertifiedPCG, ForwardRule, SolverOptions, run_pcg
+from ..solve.options import SolverOptions
+from ..solve.pcg import CertifiedPCG, run_pcg
+from ..solve.rules import AdjointRule, ForwardRule
 from ..kernels import (
     MAX_PARTIALS,
     cg_direction_matvec_kernel,

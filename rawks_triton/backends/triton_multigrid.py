@@ -14,14 +14,16 @@ import torch
 import triton
 
 from ..kernels.multigrid import mg_jacobi_kernel, mg_prolong_kernel, mg_residual_kernel, mg_restrict_kernel
-from ..multigrid import FRAME, Level, MultigridOptions, MultigridPreconditioner, build_hierarchy
+from ..solve.multigrid import Level, MultigridCycle, MultigridOptions, build_hierarchy
+
+FRAME = 1
 from ..systems import Stencil
 
 BLOCK = 1024
 NUM_WARPS = 4
 
 
-class TritonMultigridPreconditioner(MultigridPreconditioner):
+class TritonMultigridPreconditioner(MultigridCycle):
     """z = M r for the [S, H, W] vectors of :class:`rawks_triton.backends.triton_cg.TritonPCG`."""
 
     def __init__(self, levels: list[Level], image_index: torch.Tensor, options: MultigridOptions = MultigridOptions()):
@@ -33,9 +35,9 @@ class TritonMultigridPreconditioner(MultigridPreconditioner):
 
     def apply(self, r: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = M r for contiguous [S, H, W] vectors; returns out."""
-        inside = lambda t: t.view(-1, self.height + 2 * FRAME, self.width + 2 * FRAME)[:, FRAME:-FRAME, FRAME:-FRAME]  # noqa: E731
+        inside = lambda t: t.view(-1, self.frame.height + 2 * FRAME, self.frame.width + 2 * FRAME)[:, FRAME:-FRAME, FRAME:-FRAME]  # noqa: E731
         inside(self.framed_rhs).copy_(r)
-        self.precondition(self.framed_rhs, self.framed_out, self.framed_scratch)
+        MultigridCycle.apply(self, self.framed_rhs, self.framed_out, self.framed_scratch)
         out.copy_(inside(self.framed_out))
         return out
 

@@ -64,41 +64,56 @@ class Frame:
 class ImageGroups:
     """How [S, ...] per-system vectors map onto [N, ...] per-image tensors.
 
-    When the systems are sorted by image and every one of the N images has the same number
-    k of them (the common case: a batch of images with the same labels present), an
-    [S, ...] vector is viewed as [N, k, ...] and per-image tensors broadcast as [N, 1, ...]
-    with no copy; otherwise per-image tensors are gathered per system.
+    When the systems are sorted by image and every image that has systems has the same
+    number k of them (the common case: a batch of images with the same labels present), an
+    [S, ...] vector is viewed as [G, k, ...], G the number of those images, and per-image
+    tensors broadcast as [G, 1, ...] with no copy when G = N (``images`` is None), or
+    after selecting the G images (``images``, [G]). Otherwise per-image tensors are gathered
+    per system and vectors viewed as [S, 1, ...].
     """
 
     def __init__(self, image_index: torch.Tensor, n_images: int):
         self.image_index = image_index
         self.n_images = n_images
+        self.per_image: int | None = None  # k, when uniform
+        self.images: torch.Tensor | None = None  # the G images with systems, when not all of them
         systems = int(image_index.numel())
-        counts = torch.bincount(image_index, minlength=n_images) if systems else None
-        k = systems // n_images if n_images else 0
-        uniform = systems > 0 and k > 0 and bool((counts == k).all())
-        if uniform and systems > 1:
-            uniform = bool((image_index[1:] >= image_index[:-1]).all())
-        self.per_image = k if uniform else None
+        if not systems:
+            return
+        images, counts = torch.unique_consecutive(image_index, return_counts=True)
+        is_sorted = systems == 1 or bool((image_index[1:] >= image_index[:-1]).all())
+        if is_sorted and bool((counts == counts[0]).all()):
+            self.per_image = int(counts[0])
+            if images.numel() != n_images:
+                self.images = images
 
     @property
     def num_systems(self) -> int:
         return int(self.image_index.numel())
 
-    def restrict(self, rows: torch.Tensor) -> "ImageGroups":
+    @property
+    def covers_every_image(self) -> bool:
+        """Uniform over all N images: per-image tensors broadcast with no copy at all."""
+        return self.per_image is not None and self.images is None
+
+    def restrict(self, rows: torch.Tensor) -> ImageGroups:
         return ImageGroups(self.image_index.index_select(0, rows), self.n_images)
 
     def grouped(self, v: torch.Tensor) -> torch.Tensor:
-        """[S, ...] -> [N, k, ...] (a view) in the uniform case, else [S, 1, ...]."""
+        """[S, ...] -> [G, k, ...] (a view) in the uniform case, else [S, 1, ...]."""
         if self.per_image is not None:
-            return v.view((self.n_images, self.per_image) + tuple(v.shape[1:]))
+            return v.view((-1, self.per_image) + tuple(v.shape[1:]))
         return v.unsqueeze(1)
+
+    def select(self, t: torch.Tensor) -> torch.Tensor:
+        """[N, ...] per-image -> [G, ...] (``t`` itself when G = N) or [S, ...] per system."""
+        if self.per_image is None:
+            return t.index_select(0, self.image_index)
+        return t if self.images is None else t.index_select(0, self.images)
 
     def spread(self, t: torch.Tensor) -> torch.Tensor:
         """[N, ...] per-image -> broadcastable against :meth:`grouped` vectors."""
-        if self.per_image is not None:
-            return t.unsqueeze(1)
-        return t.index_select(0, self.image_index).unsqueeze(1)
+        return self.select(t).unsqueeze(1)
 
     def multiply(self, v: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = v * t[image of each system], for [S, ...] v and out and [N, ...] t."""
@@ -113,7 +128,10 @@ class ImageGroups:
     def image_sum(self, v: torch.Tensor) -> torch.Tensor:
         """[S, ...] -> [N, ...], the sum over the systems of each image (0 for an image without any)."""
         if self.per_image is not None:
-            return self.grouped(v).sum(dim=1)
+            total = self.grouped(v).sum(dim=1)
+            if self.images is None:
+                return total
+            return total.new_zeros((self.n_images,) + tuple(v.shape[1:])).index_copy_(0, self.images, total)
         out = v.new_zeros((self.n_images,) + tuple(v.shape[1:]))
         return out.index_add_(0, self.image_index, v)
 

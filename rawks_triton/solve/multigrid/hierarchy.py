@@ -1,4 +1,6 @@
-"""Multigrid preconditioner for the 5-point random-walk systems, in plain torch (CPU or CUDA).
+"""The multigrid hierarchy of the 5-point random-walk systems: aggregation, the Galerkin
+coarse operators and the coarsest level's inverse, in torch ops on the tensors' device
+(every backend builds it this way; the cycle is :mod:`.cycle`).
 
 The method (docs/multigrid.md gives the derivation, the measurements behind each choice
 and the exact order of operations that the Triton kernels reproduce):
@@ -27,14 +29,10 @@ and the exact order of operations that the Triton kernels reproduce):
   map, symmetric and positive definite on the free pixels (``MultigridOptions`` refuses
   scalings that would break that), so conjugate gradients stay conjugate gradients.
 
-Layout: each level of h x w unknowns is stored in a frame of (h + 2) x (w + 2) with a zero
-border, flattened (level 0 is how the torch backend stores its vectors, and shares its
-coefficients). Coefficients are [G, 1, n] per image and vectors [G, k, n]: the k systems
-of an image share the coefficients by broadcasting. The right/left neighbours are offsets
-+-1 (the right edge weight is 0 in the last column, so rows never mix) and the up/down
-neighbours offsets +-(w + 2), so each stencil pass is a handful of in-place torch ops over
-contiguous memory with preallocated buffers. An odd last row or column is aggregated with
-the border, which takes no part.
+Layout: each level of h x w unknowns is stored in the frame of
+:mod:`rawks_triton.solve.layout` (level 0 is how the solvers store their vectors, and
+shares their coefficients), per image: [N, 1, (h + 2) (w + 2)]. An odd last row or column
+is aggregated with the border, which takes no part.
 """
 
 from __future__ import annotations
@@ -44,8 +42,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .coefficients import degree
-from .systems import Stencil
+from ...coefficients import degree
+from ...systems import Stencil
+from ..layout import BORDER, Frame
+from ..stencil import dense_matrix
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,6 @@ class MultigridOptions:
             raise ValueError(f"`wall_ratio` must be > 0 or None, got {self.wall_ratio}")
 
 
-FRAME = 1  # level 0: the image with a one-pixel zero border, as the torch backend stores vectors
-
-
 @dataclass
 class Level:
     """One level of the hierarchy: [G, 1, rows * cols] flat coefficients, 0 outside the image."""
@@ -99,8 +96,16 @@ class Level:
     coarsest_inverse: torch.Tensor | None = None  # [G, n, n] on the coarsest level
 
     @property
+    def frame(self) -> Frame:
+        return Frame(self.height, self.width)
+
+    @property
     def size(self) -> int:
-        return (self.height + 2 * FRAME) * (self.width + 2 * FRAME)
+        return self.frame.size
+
+    @property
+    def row(self) -> int:
+        return self.frame.row
 
 
 def block_corners(t: torch.Tensor):
@@ -173,23 +178,6 @@ def _inverse(diag: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, 1.0 / torch.where(positive, diag, torch.ones_like(diag)), torch.zeros_like(diag))
 
 
-def dense_matrix(diag: torch.Tensor, right: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """The [N, H*W, H*W] float64 matrix diag(d) - W of [N, H, W] stencil coefficients."""
-    n, h, w = diag.shape
-    size = h * w
-    A = torch.zeros(n, size, size, dtype=torch.float64, device=diag.device)
-    idx = torch.arange(size, device=diag.device).view(h, w)
-    flat = idx.reshape(-1)
-    A[:, flat, flat] = diag.reshape(n, -1).double()
-    if w > 1:
-        i, j = idx[:, :-1].reshape(-1), idx[:, 1:].reshape(-1)
-        A[:, i, j] = A[:, j, i] = -right[:, :, :-1].reshape(n, -1).double()
-    if h > 1:
-        i, j = idx[:-1].reshape(-1), idx[1:].reshape(-1)
-        A[:, i, j] = A[:, j, i] = -down[:, :-1].reshape(n, -1).double()
-    return A
-
-
 def coarsest_inverse(A: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     """Inverse of a batch of symmetric diagonally dominant M-matrices on their grounded part.
 
@@ -235,7 +223,7 @@ def connected(A: torch.Tensor) -> torch.Tensor:
 
 def _framed(t: torch.Tensor) -> torch.Tensor:
     """[N, h, w] -> [N, h + 2, w + 2] with a zero border."""
-    return F.pad(t, (FRAME,) * 4)
+    return F.pad(t, (BORDER,) * 4)
 
 
 def _pad_even(t: torch.Tensor) -> torch.Tensor:
@@ -264,7 +252,7 @@ def build_hierarchy(
     (docs/multigrid.md).
 
     ``framed``: the solver's own [N, (H + 2) (W + 2)] "diag", "right", "down" and
-    "inv_diag" of ``stencil`` (the torch backend's ``PaddedStencil.per_image``); level 0
+    "inv_diag" of ``stencil`` (the torch backend's ``FramedOperator.per_image``); level 0
     then shares them instead of holding copies. Its diagonal is 1 on seeds where level 0's
     own is 0: the same cycle, since every vector of the cycle is 0 on seeds.
     """
@@ -279,7 +267,7 @@ def build_hierarchy(
     levels = []
     while True:
         height, width = diag.shape[-2:]
-        flat = lambda t: _framed(t).reshape(n_images, 1, -1)  # noqa: E731
+        flat = lambda t: Frame(height, width).frame(t).unsqueeze(1)  # noqa: E731
         if not levels and framed is not None:
             level = Level(height, width, *(framed[name].unsqueeze(1) for name in ("diag", "right", "down", "inv_diag")))
         else:
@@ -298,218 +286,11 @@ def build_hierarchy(
         active = (diag > 0).to(dtype)
 
 
-class MultigridPreconditioner:
-    """z = M r, M one symmetric V-cycle per system, for vectors in the level-0 frame.
-
-    ``levels`` are per image (:func:`build_hierarchy`); ``image_index`` [S] maps systems to
-    images. When the systems are sorted by image and every image that has systems has the
-    same number k of them, vectors are viewed as [G, k, n] and share the per-image
-    coefficients by broadcasting; otherwise the coefficients are gathered per system and
-    vectors are [S, 1, n]. Work buffers are allocated here, once.
-    """
-
-    def __init__(self, levels: list[Level], image_index: torch.Tensor, options: MultigridOptions = MultigridOptions()):
-        self.options = options
-        self.num_systems = int(image_index.numel())
-        n_images = levels[0].diag.shape[0]
-        images, counts = torch.unique_consecutive(image_index, return_counts=True)
-        is_sorted = bool((image_index[1:] >= image_index[:-1]).all()) if self.num_systems > 1 else True
-        if self.num_systems and is_sorted and bool((counts == counts[0]).all()):
-            self.groups, self.per_group = int(images.numel()), int(counts[0])
-            everything = images.numel() == n_images and bool((images == torch.arange(n_images, device=images.device)).all())
-            gather = None if everything else images
-        else:
-            self.groups, self.per_group = self.num_systems, 1
-            gather = image_index
-        self.levels = levels if gather is None else [_select(level, gather) for level in levels]
-        self._smoothers = {}
-        top = self.levels[0]
-        self.height, self.width = top.height, top.width
-        self._buffers = None
-
-    def _allocate(self) -> None:
-        """The work buffers of the coarse levels (about a third of a level-0 vector in all);
-        level 0 works in the caller's right-hand side, output and scratch. Borders stay 0."""
-        top = self.levels[0]
-        new = dict(dtype=top.diag.dtype, device=top.diag.device)
-        shape = lambda level: (self.groups, self.per_group, level.size)  # noqa: E731
-        coarse = self.levels[1:]
-        second = self.options.cycle == "W"
-        self._buffers = dict(
-            rhs=[None] + [torch.zeros(shape(level), **new) for level in coarse],
-            x=[None] + [torch.zeros(shape(level), **new) for level in coarse],
-            residual=[None] + [torch.zeros(shape(level), **new) for level in coarse[:-1]],
-            # W-cycle: the second coarse cycle's right-hand side and result
-            rhs2=[None] + [torch.zeros(shape(level), **new) if second else None for level in coarse],
-            x2=[None] + [torch.zeros(shape(level), **new) if second else None for level in coarse],
-        )
-
-    def release(self) -> None:
-        """Free the work buffers (they are made again at the next application)."""
-        self._buffers = None
-
-    def _buffer(self, name: str, l: int) -> torch.Tensor:
-        if self._buffers is None:
-            self._allocate()
-        return self._buffers[name][l]
-
-    @property
-    def frame_size(self) -> int:
-        return self.levels[0].size
-
-    def precondition(self, r: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        """out = M r for [S, (H + 2) (W + 2)] vectors in the frame (zero border); returns out.
-
-        ``scratch``: a vector of the same shape whose contents may be overwritten (the
-        level-0 residual of the cycle); without it one is allocated for this call.
-        """
-        shape = (self.groups, self.per_group, self.frame_size)
-        work = torch.empty_like(r) if scratch is None else scratch
-        self._level0_residual = work.view(shape)
-        try:
-            self._cycle(0, r.view(shape), out.view(shape))
-        finally:
-            self._level0_residual = None
-        return out
-
-    def __call__(self, r: torch.Tensor) -> torch.Tensor:
-        """M r for [S, H, W] vectors (a new tensor)."""
-        padded = F.pad(r, (FRAME,) * 4).reshape(r.shape[0], self.frame_size)
-        out = torch.empty_like(padded)
-        self.precondition(padded, out)
-        return out.view(r.shape[0], self.height + 2 * FRAME, self.width + 2 * FRAME)[:, FRAME:-FRAME, FRAME:-FRAME].contiguous()
-
-    @staticmethod
-    def _residual(level: Level, out, rhs, x):
-        """out = rhs - A x: five fused multiply-adds over the flat vectors."""
-        row, right, down = level.width + 2 * FRAME, level.right, level.down
-        torch.addcmul(rhs, level.diag, x, value=-1.0, out=out)
-        out[..., :-1].addcmul_(right[..., :-1], x[..., 1:])
-        out[..., 1:].addcmul_(right[..., :-1], x[..., :-1])
-        out[..., :-row].addcmul_(down[..., :-row], x[..., row:])
-        out[..., row:].addcmul_(down[..., :-row], x[..., :-row])
-        return out
-
-    def _cycle(self, l: int, rhs: torch.Tensor, x: torch.Tensor) -> None:
-        """x = cycle of level l applied to rhs ([G, k, n]; x is overwritten).
-
-        The order of operations; a subclass may replace the five primitives it calls
-        (:mod:`rawks_triton.backends.triton_multigrid` does, with Triton kernels).
-        """
-        level = self.levels[l]
-        if level.coarsest_inverse is not None:
-            self._coarsest(level, rhs, x)
-            return
-        res = self._level0_residual if l == 0 else self._buffer("residual", l)
-        steps = self.options.smoothing_steps
-        # pre-smoothing from x = 0
-        self._jacobi(level, x, rhs, first=True)
-        for _ in range(steps - 1):
-            self._jacobi(level, x, self._residual(level, res, rhs, x))
-        coarse_rhs, coarse_x = self._buffer("rhs", l + 1), self._buffer("x", l + 1)
-        self._restrict(l, self._residual(level, res, rhs, x), coarse_rhs)
-        coarse = self.levels[l + 1]
-        self._cycle(l + 1, coarse_rhs, coarse_x)
-        if self.options.cycle == "W" and coarse.coarsest_inverse is None:
-            # a second cycle on the coarse residual: x_c += B_c (r_c - A_c x_c), symmetric as
-            # the map r_c -> (2 B_c - B_c A_c B_c) r_c
-            rhs2, x2 = self._buffer("rhs2", l + 1), self._buffer("x2", l + 1)
-            self._residual(coarse, rhs2, coarse_rhs, coarse_x)
-            self._cycle(l + 1, rhs2, x2)
-            coarse_x.add_(x2)
-        self._prolong(l, coarse_x, x)
-        # post-smoothing
-        for _ in range(steps):
-            self._jacobi(level, x, self._residual(level, res, rhs, x))
-
-    def _coarsest(self, level: Level, rhs, x) -> None:
-        torch.matmul(rhs, level.coarsest_inverse, out=x)
-
-    def _jacobi(self, level: Level, x, r, first: bool = False) -> None:
-        """x += weight D^-1 r (x = weight D^-1 r when ``first``)."""
-        smoother = self._smoothers.get(id(level))
-        if smoother is None:  # weight D^-1 of the level, formed once (a coefficient-sized array)
-            smoother = self._smoothers[id(level)] = level.inv_diag * self.options.jacobi_weight
-        if first:
-            torch.mul(smoother, r, out=x)
-        else:
-            x.addcmul_(smoother, r)
-
-    def _restrict(self, l: int, res, coarse_rhs) -> None:
-        """coarse_rhs = P^T res: the sum of p * res over the four pixels of each 2x2 block."""
-        level, coarse = self.levels[l], self.levels[l + 1]
-        corners = self._corners(level, coarse)
-        res_c, p_c = corners(res), corners(level.prolongation)
-        out = self._interior(coarse, coarse_rhs)
-        torch.mul(res_c[0], p_c[0], out=out)
-        for k in (1, 2, 3):
-            out.addcmul_(res_c[k], p_c[k])
-
-    def _prolong(self, l: int, coarse_x, x) -> None:
-        """x += correction_scale * P coarse_x."""
-        level, coarse = self.levels[l], self.levels[l + 1]
-        corners = self._corners(level, coarse)
-        x_c, p_c = corners(x), corners(level.prolongation)
-        e = self._interior(coarse, coarse_x)
-        scale = self.options.correction_scale
-        for k in range(4):
-            x_c[k].addcmul_(p_c[k], e, value=scale)
-
-    @staticmethod
-    def _interior(level: Level, t: torch.Tensor) -> torch.Tensor:
-        """[G, k, h, w] view of the grid inside the border."""
-        return t.view(t.shape[:2] + (level.height + 2 * FRAME, level.width + 2 * FRAME))[:, :, FRAME:-FRAME, FRAME:-FRAME]
-
-    @staticmethod
-    def _corners(level: Level, coarse: Level):
-        """t [G, m, n] -> its four [G, m, H', W'] strided views, one per corner of the 2x2 blocks."""
-        rows, cols = 2 * coarse.height, 2 * coarse.width
-        frame_cols = level.width + 2 * FRAME
-
-        def views(t):
-            grid = t.view(t.shape[:2] + (level.height + 2 * FRAME, frame_cols))
-            blocks = grid[:, :, FRAME : FRAME + rows, FRAME : FRAME + cols]
-            blocks = blocks.unflatten(2, (coarse.height, 2)).unflatten(4, (coarse.width, 2))  # [G, m, H', 2, W', 2]
-            return [blocks[:, :, :, a, :, b] for a in (0, 1) for b in (0, 1)]
-
-        return views
-
-
-def _select(level: Level, index: torch.Tensor) -> Level:
-    pick = lambda t: None if t is None else t.index_select(0, index)  # noqa: E731
+def select_images(level: Level, groups) -> Level:
+    """The level's coefficients for the systems of ``groups`` (:class:`ImageGroups`): per
+    image with systems when they are uniform, else per system."""
+    pick = lambda t: None if t is None else groups.select(t)  # noqa: E731
     return Level(
         level.height, level.width, pick(level.diag), pick(level.right), pick(level.down),
         pick(level.inv_diag), pick(level.prolongation), pick(level.coarsest_inverse),
     )
-
-
-class MultigridOperator:
-    """The torch backend's padded-layout operator with the V-cycle as its preconditioner.
-
-    Everything but ``precondition`` (and ``restrict``, which keeps the hierarchy) is the
-    wrapped operator's; the hierarchy is built once per forward pass and kept with the
-    backend for the adjoint solve.
-    """
-
-    def __init__(self, operator, levels: list[Level], options: MultigridOptions = MultigridOptions()):
-        self._operator = operator
-        self._levels = levels
-        self._options = options
-        self._cycle = MultigridPreconditioner(levels, operator.image_index, options)
-        if getattr(operator, "size", self._cycle.frame_size) != self._cycle.frame_size:
-            raise RuntimeError(
-                f"multigrid: the operator's vectors have {operator.size} entries per system, the level-0 "
-                f"frame (H + 2) (W + 2) has {self._cycle.frame_size}"
-            )
-
-    def precondition(self, r: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
-        return self._cycle.precondition(r, out, scratch)
-
-    def release(self) -> None:
-        self._cycle.release()
-
-    def restrict(self, rows: torch.Tensor) -> "MultigridOperator":
-        return MultigridOperator(self._operator.restrict(rows), self._levels, self._options)
-
-    def __getattr__(self, name):
-        return getattr(self._operator, name)

@@ -7,9 +7,9 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from ..cg import SolveStats, SolverOptions, relative_residual
-from ..reference import assemble_matrix, solvable_pixels
-from ..systems import LabelSystems, Stencil, coefficient_gradients
+from ...solve.options import SolveStats, SolverOptions, relative_residual
+from ...reference import assemble_matrix, solvable_pixels
+from ...systems import LabelSystems, Stencil, coefficient_gradients
 
 
 class DirectBackend:
