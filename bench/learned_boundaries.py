@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import platform
 import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
 import torch
 
 import rawks_triton as rt
+from bench.harness import timed_calls
 
 METHODS = {
     # name: (propagate keyword arguments, dtype of B)
@@ -93,22 +94,25 @@ def run(problems, methods, threads_list, repeats: int, log=print):
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", rt.ConvergenceWarning)
                     result, _ = forward_backward(boundary, seeds, g, kwargs, dtype)
-                    seconds = []
-                    for _ in range(repeats):
-                        start = time.perf_counter()
-                        forward_backward(boundary, seeds, g, kwargs, dtype)
-                        seconds.append(time.perf_counter() - start)
+                    seconds, _ = timed_calls(
+                        functools.partial(forward_backward, boundary, seeds, g, kwargs, dtype), repeats
+                    )
                 both = result.reachable & exact_reach
                 diff = (result.P.detach().double() - exact_P).abs().amax(dim=1)
                 times[method] = statistics.median(seconds)
                 row = dict(
-                    image=name, size=f"{seeds.shape[-2]}x{seeds.shape[-1]}", threads=threads, method=method,
+                    image=name,
+                    size=f"{seeds.shape[-2]}x{seeds.shape[-1]}",
+                    threads=threads,
+                    method=method,
                     unreachable=100 * float((~result.reachable).float().mean()),
                     exact_unreachable=100 * float((~exact_reach).float().mean()),
                     max_error=float(diff[both].max()) if bool(both.any()) else 0.0,
                     iterations=f"{int(result.iterations.max())} / {int(result.adjoint_iterations.max())}",
                     converged=bool(result.converged.all()) and bool(result.adjoint_converged.all()) and not caught,
-                    median=times[method], low=min(seconds), high=max(seconds),
+                    median=times[method],
+                    low=min(seconds),
+                    high=max(seconds),
                 )
                 rows.append(row)
                 log(format_row(row, times.get(REFERENCE)))
@@ -135,8 +139,11 @@ def format_row(row, reference_time=None) -> str:
 
 
 def summary(rows, methods, threads_list) -> list[str]:
-    lines = ["| method | threads | max unreachable % | max abs(P - P_exact) | all converged | median speed-up vs scipy (range) |",
-             "| --- | ---: | ---: | ---: | --- | ---: |"]
+    lines = [
+        "| method | threads | max unreachable % | max abs(P - P_exact) | all converged "
+        "| median speed-up vs scipy (range) |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
+    ]
     for method in methods:
         for threads in threads_list:
             mine = [r for r in rows if r["method"] == method and r["threads"] == threads]
@@ -162,8 +169,11 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--methods", default=",".join(m for m in METHODS if "Jacobi" not in m),
-        help="comma-separated, from: " + ", ".join(METHODS) + " (default: all but Jacobi, which takes minutes an image)",
+        "--methods",
+        default=",".join(m for m in METHODS if "Jacobi" not in m),
+        help="comma-separated, from: "
+        + ", ".join(METHODS)
+        + " (default: all but Jacobi, which takes minutes an image)",
     )
     parser.add_argument("--note", default="")
     parser.add_argument("--write-docs", metavar="PATH")
@@ -180,13 +190,18 @@ def main(argv=None) -> None:
     print("| --- " * 10 + "|")
     rows = run(problems, methods, threads_list, args.repeats)
     table = [HEADER, "| --- " * 10 + "|"] + [format_row(r) for r in rows]
-    lines = [
-        f"- machine: {platform.processor() or platform.machine()} ({torch.get_num_interop_threads()} inter-op threads), "
-        f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- versions: python {platform.python_version()}, torch {torch.__version__}, rawks_triton {rt.__version__}",
-        f"- command: `python -m bench.learned_boundaries {' '.join(sys.argv[1:] if argv is None else argv)}`",
-    ] + ([f"- note: {args.note}"] if args.note else []) + ["", *summary(rows, methods, threads_list), "", *table]
+    lines = (
+        [
+            f"- machine: {platform.processor() or platform.machine()} "
+            f"({torch.get_num_interop_threads()} inter-op threads), "
+            f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}",
+            f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
+            f"- versions: python {platform.python_version()}, torch {torch.__version__}, rawks_triton {rt.__version__}",
+            f"- command: `python -m bench.learned_boundaries {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        ]
+        + ([f"- note: {args.note}"] if args.note else [])
+        + ["", *summary(rows, methods, threads_list), "", *table]
+    )
     print()
     print("\n".join(summary(rows, methods, threads_list)))
     if args.write_docs:

@@ -36,9 +36,10 @@ import numpy as np
 import torch
 
 from bench.markers import write_between_markers
+from bench.problems import region_borders
+from rawks_triton.backends.torch_cg import PaddedStencil
 from rawks_triton.cg import ForwardRule, SolverOptions, TorchPCG, run_pcg
 from rawks_triton.coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
-from rawks_triton.backends.torch_cg import PaddedStencil
 from rawks_triton.multigrid import MultigridOperator, MultigridOptions, build_hierarchy
 from rawks_triton.systems import build_stencil, compact_labels, right_hand_sides
 
@@ -51,14 +52,7 @@ def regions_scene(size: int, num_labels: int, num_regions: int, border: float):
     sites = rng.random((num_regions, 2)) * size
     yy, xx = np.mgrid[0:size, 0:size]
     region = np.argmin((yy[None] - sites[:, 0, None, None]) ** 2 + (xx[None] - sites[:, 1, None, None]) ** 2, axis=0)
-    edge = np.zeros((size, size), bool)
-    for axis in (0, 1):
-        step = np.diff(region, axis=axis) != 0
-        lo = [slice(None)] * 2
-        hi = [slice(None)] * 2
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        edge[tuple(lo)] |= step
-        edge[tuple(hi)] |= step
+    edge = region_borders(region)
     seeds = np.full((size, size), -1)
     half = max(1, size // 32)
     for k in range(num_regions):
@@ -146,7 +140,8 @@ def time_backends(sizes, labels, models, repeats: int) -> list[str]:
 
     methods = (("scipy", "jacobi"), ("torch", "jacobi"), ("torch", "multigrid"))
     lines = [
-        "| model | size | labels | " + " | ".join(f"{b} {p if b != 'scipy' else 'direct'} (ms)" for b, p in methods)
+        "| model | size | labels | "
+        + " | ".join(f"{b} {p if b != 'scipy' else 'direct'} (ms)" for b, p in methods)
         + " | fastest | auto picks |",
         "| " + " | ".join(["---"] * (len(methods) + 5)) + " |",
     ]
@@ -161,7 +156,9 @@ def time_backends(sizes, labels, models, repeats: int) -> list[str]:
                     for _ in range(repeats):
                         leaf = batch.inputs(model).clone().requires_grad_()
                         start = time.perf_counter()
-                        result = rt.propagate(leaf, batch.seeds, num_labels, model, backend=backend, preconditioner=preconditioner)
+                        result = rt.propagate(
+                            leaf, batch.seeds, num_labels, model, backend=backend, preconditioner=preconditioner
+                        )
                         result.P.square().sum().backward()
                         runs.append(time.perf_counter() - start)
                     times.append(sorted(runs)[len(runs) // 2])
@@ -169,7 +166,8 @@ def time_backends(sizes, labels, models, repeats: int) -> list[str]:
                 picked = choose_solver("auto", "auto", torch.device("cpu"), height, width, model)
                 name = lambda m: m[0] if m[0] == "scipy" else f"{m[0]} {m[1]}"  # noqa: E731
                 line = (
-                    f"| {model} | {height}x{width} | {num_labels} | " + " | ".join(f"{1e3 * t:.0f}" for t in times)
+                    f"| {model} | {height}x{width} | {num_labels} | "
+                    + " | ".join(f"{1e3 * t:.0f}" for t in times)
                     + f" | {name(fastest)} | {name(picked)} |"
                 )
                 lines.append(line)
@@ -193,7 +191,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cycle", choices=("V", "W"), default=MultigridOptions.cycle)
     parser.add_argument("--write", metavar="PATH", help="also write the table into PATH between its markers")
     parser.add_argument(
-        "--auto-table", action="store_true",
+        "--auto-table",
+        action="store_true",
         help="instead: time forward + backward of the direct solver and both preconditioners (the auto rule)",
     )
     parser.add_argument("--auto-sizes", default="32x32,64x64,96x128,128x128,192x256,256x256,384x512")
@@ -213,8 +212,11 @@ def main(argv=None) -> None:
         return
     dtype = getattr(torch, args.dtype)
     options = MultigridOptions(
-        smoothing_steps=args.smoothing_steps, jacobi_weight=args.jacobi_weight, coarse_edge_scale=args.edge_scale,
-        correction_scale=args.correction, cycle=args.cycle,
+        smoothing_steps=args.smoothing_steps,
+        jacobi_weight=args.jacobi_weight,
+        coarse_edge_scale=args.edge_scale,
+        correction_scale=args.correction,
+        cycle=args.cycle,
     )
     sizes = [int(s) for s in args.sizes.split(",")]
     models = args.models.split(",")

@@ -64,6 +64,18 @@ def _generator(*key) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
 
 
+def region_borders(regions: np.ndarray) -> np.ndarray:
+    """[H, W] bool: the pixels with a 4-neighbour in another region (both sides of every border)."""
+    border = np.zeros(regions.shape, dtype=bool)
+    step = regions[:, 1:] != regions[:, :-1]
+    border[:, 1:] |= step
+    border[:, :-1] |= step
+    step = regions[1:, :] != regions[:-1, :]
+    border[1:, :] |= step
+    border[:-1, :] |= step
+    return border
+
+
 def make_scene(height: int, width: int, num_labels: int, seed: int = 0) -> Scene:
     """One synthetic scene; the same arguments always give the same scene."""
     if height < 1 or width < 1 or num_labels < 1:
@@ -94,12 +106,7 @@ def make_scene(height: int, width: int, num_labels: int, seed: int = 0) -> Scene
         row = regions[y, x0:x1] == label
         markers[y, x0:x1][row] = label + 1
 
-    border = np.zeros((height, width), dtype=bool)
-    border[:, 1:] |= regions[:, 1:] != regions[:, :-1]
-    border[:, :-1] |= regions[:, 1:] != regions[:, :-1]
-    border[1:, :] |= regions[1:, :] != regions[:-1, :]
-    border[:-1, :] |= regions[1:, :] != regions[:-1, :]
-    boundary = BORDER_SCORE * border + np.abs(0.04 * rng.standard_normal((height, width)))
+    boundary = BORDER_SCORE * region_borders(regions) + np.abs(0.04 * rng.standard_normal((height, width)))
     return Scene(image=image, regions=regions, markers=markers, boundary=boundary, num_labels=num_labels)
 
 
@@ -142,7 +149,9 @@ def make_batch(
     for i, scene in enumerate(scenes):
         label_of_region = np.arange(present)
         if present < num_labels:
-            label_of_region = np.sort(_generator("labels", num_labels, present, i).choice(num_labels, present, replace=False))
+            label_of_region = np.sort(
+                _generator("labels", num_labels, present, i).choice(num_labels, present, replace=False)
+            )
         seeds.append(np.where(scene.seeds >= 0, label_of_region[np.maximum(scene.seeds, 0)], -1))
     seeds = torch.from_numpy(np.stack(seeds))
     return Batch(

@@ -14,13 +14,12 @@ forward + backward, of the adjoint solve. Benchmarks measure; they assert nothin
 from __future__ import annotations
 
 import functools
-import time
 
 import pytest
 import torch
 
-import rawks_triton as rt
 from bench.conftest import RTOL, bench_dtype, max_work
+from bench.harness import first_call, propagate_calls, solver_options
 from bench.problems import LABEL_CASES, make_batch
 
 MODELS = ("rawks", "grady")
@@ -35,7 +34,9 @@ def _batch(height, width, num_labels, present, batch, dtype, device):
 
 def _problem(case, target):
     if target.device == "cuda" and not torch.cuda.is_available():
-        pytest.skip(f"no CUDA device for {target} (triton is benchmarked on CUDA only: on a CPU it runs in its interpreter)")
+        pytest.skip(
+            f"no CUDA device for {target} (triton is benchmarked on CUDA only: on a CPU it runs in its interpreter)"
+        )
     if case.work > max_work(target):
         pytest.skip(
             f"{case.work} system-pixels is above this device's default cap of {max_work(target):.0f}; "
@@ -51,10 +52,7 @@ def _problem(case, target):
 
 
 def _options(target):
-    options = dict(backend=target.backend, rtol=RTOL)
-    if target.preconditioner is not None:
-        options["preconditioner"] = target.preconditioner
-    return options
+    return solver_options(target.backend, RTOL, target.preconditioner)
 
 
 def _synchronize(device):
@@ -64,15 +62,12 @@ def _synchronize(device):
 
 def _run(benchmark, fn, device):
     """Warm up once (compilation, caches), then measure enough rounds for ROUND_BUDGET_S."""
-    start = time.perf_counter()
     try:
-        result = fn()
+        result, first = first_call(fn)
     except ValueError as err:  # a backend without this preconditioner in this build
         if "preconditioner" not in str(err):
             raise
         pytest.skip(str(err))
-    _synchronize(device)
-    first = time.perf_counter() - start
     rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(ROUND_BUDGET_S / max(first, 1e-6))))
 
     def timed():
@@ -86,13 +81,22 @@ def _run(benchmark, fn, device):
 def _record(benchmark, result, case, target, model, batch, num_labels):
     iterations = result.iterations.double()
     info = dict(
-        model=model, backend=target.backend, device=str(batch.seeds.device), preconditioner=target.preconditioner,
-        dtype=str(batch.boundary.dtype).replace("torch.", ""), height=case.shape[0], width=case.shape[1],
-        batch=case.batch, num_labels=num_labels, systems=result.num_systems, rtol=RTOL,
+        model=model,
+        backend=target.backend,
+        device=str(batch.seeds.device),
+        preconditioner=target.preconditioner,
+        dtype=str(batch.boundary.dtype).replace("torch.", ""),
+        height=case.shape[0],
+        width=case.shape[1],
+        batch=case.batch,
+        num_labels=num_labels,
+        systems=result.num_systems,
+        rtol=RTOL,
         iterations_max=int(iterations.max()) if iterations.numel() else 0,
         iterations_mean=float(iterations.mean()) if iterations.numel() else 0.0,
         residual_max=float(result.residual.max()) if result.residual.numel() else 0.0,
-        converged=bool(result.converged.all()), threads=torch.get_num_threads(),
+        converged=bool(result.converged.all()),
+        threads=torch.get_num_threads(),
     )
     if result.adjoint_iterations is not None:
         info.update(
@@ -105,14 +109,8 @@ def _record(benchmark, result, case, target, model, batch, num_labels):
 @pytest.mark.parametrize("model", MODELS)
 def test_forward(benchmark, case, target, model):
     batch, num_labels = _problem(case, target)
-    inputs = batch.inputs(model)
-    options = _options(target)
+    forward, _ = propagate_calls(batch.inputs(model), batch.seeds, num_labels, model, None, **_options(target))
     benchmark.group = f"forward {model} {case}"
-
-    def forward():
-        with torch.no_grad():
-            return rt.propagate(inputs, batch.seeds, num_labels, model, **options)
-
     result = _run(benchmark, forward, target.device)
     _record(benchmark, result, case, target, model, batch, num_labels)
 
@@ -121,16 +119,9 @@ def test_forward(benchmark, case, target, model):
 def test_forward_backward(benchmark, case, target, model):
     batch, num_labels = _problem(case, target)
     inputs = batch.inputs(model)
-    options = _options(target)
     generator = torch.Generator().manual_seed(0)
     weights = torch.randn((case.batch, num_labels) + case.shape, generator=generator).to(inputs)
+    _, forward_backward = propagate_calls(inputs, batch.seeds, num_labels, model, weights, **_options(target))
     benchmark.group = f"forward+backward {model} {case}"
-
-    def forward_backward():
-        leaf = inputs.detach().requires_grad_()
-        result = rt.propagate(leaf, batch.seeds, num_labels, model, **options)
-        (result.P * weights).sum().backward()
-        return result
-
     result = _run(benchmark, forward_backward, target.device)
     _record(benchmark, result, case, target, model, batch, num_labels)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,20 +31,38 @@ from pathlib import Path
 
 import torch
 
+from bench.harness import cpu_model
 from bench.markers import write_between_markers
 
 BEGIN, END = "<!-- train-throughput:begin -->", "<!-- train-throughput:end -->"
 
 
-def time_steps(protocol: str, device: str, batch_size: int, height: int, width: int, warmup: int, repeats: int, propagation_scale: float) -> list[float]:
+def time_steps(
+    protocol: str,
+    device: str,
+    batch_size: int,
+    height: int,
+    width: int,
+    warmup: int,
+    repeats: int,
+    propagation_scale: float,
+) -> list[float]:
     """Seconds of each timed training step."""
     from rawks_triton.training import TrainConfig, Trainer
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
-            data="synthetic", data_options={"train_count": batch_size, "val_count": 0, "height": height, "width": width},
-            protocol=protocol, steps=warmup + repeats, batch_size=batch_size, device=device, augment=False,
-            propagation_scale=propagation_scale, figures=0, progress=False, out=out,
+            data="synthetic",
+            data_options={"train_count": batch_size, "val_count": 0, "height": height, "width": width},
+            protocol=protocol,
+            steps=warmup + repeats,
+            batch_size=batch_size,
+            device=device,
+            augment=False,
+            propagation_scale=propagation_scale,
+            figures=0,
+            progress=False,
+            out=out,
         )
         trainer = Trainer(config)
         for i in range(batch_size):  # generate the scenes before timing
@@ -61,17 +78,6 @@ def time_steps(protocol: str, device: str, batch_size: int, height: int, width: 
             if step >= warmup:
                 seconds.append(time.perf_counter() - start)
         return seconds
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_name(device: str) -> str:
@@ -103,28 +109,47 @@ def table(rows: list[dict], args) -> str:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m bench.train_throughput", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", default="auto", help="comma-separated: cpu, cuda (default: cpu, and cuda when present)")
+    parser.add_argument(
+        "--devices", default="auto", help="comma-separated: cpu, cuda (default: cpu, and cuda when present)"
+    )
     parser.add_argument("--protocols", default="joint,sparse")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--height", type=int, default=320)
     parser.add_argument("--width", type=int, default=480)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--propagation-scale", type=float, default=1.0, help="1 (default): full resolution; 0.25: the paper's")
+    parser.add_argument(
+        "--propagation-scale", type=float, default=1.0, help="1 (default): full resolution; 0.25: the paper's"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--write-docs", type=Path, help="write the table between the train-throughput markers of this file")
+    parser.add_argument(
+        "--write-docs", type=Path, help="write the table between the train-throughput markers of this file"
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    devices = (
+        ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
+    )
     rows = []
     for device in devices:
         for protocol in args.protocols.split(","):
             propagation = "-" if protocol in ("sparse", "dense") else f"auto, scale {args.propagation_scale:g}"
             print(f"timing {protocol} on {device} ...", file=sys.stderr, flush=True)
-            seconds = time_steps(protocol, device, args.batch_size, args.height, args.width, args.warmup, args.repeats, args.propagation_scale)
-            rows.append({"device": device_name(device), "protocol": protocol, "propagation": propagation, "seconds": seconds})
+            seconds = time_steps(
+                protocol,
+                device,
+                args.batch_size,
+                args.height,
+                args.width,
+                args.warmup,
+                args.repeats,
+                args.propagation_scale,
+            )
+            rows.append(
+                {"device": device_name(device), "protocol": protocol, "propagation": propagation, "seconds": seconds}
+            )
     text = table(rows, args)
     print(text)
     if args.write_docs is not None:

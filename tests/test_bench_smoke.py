@@ -30,7 +30,20 @@ def run(args, **env):
 def test_benchmark_suite_runs_one_tiny_case_of_each_benchmark():
     pytest.importorskip("pytest_benchmark")
     done = run(
-        ["-m", "pytest", "bench", "-q", "--benchmark-disable", "-p", "no:cacheprovider", "-rs", "--bench-grid", "smoke", "--bench-threads", "1"]
+        [
+            "-m",
+            "pytest",
+            "bench",
+            "-q",
+            "--benchmark-disable",
+            "-p",
+            "no:cacheprovider",
+            "-rs",
+            "--bench-grid",
+            "smoke",
+            "--bench-threads",
+            "1",
+        ]
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
@@ -103,7 +116,12 @@ def test_comparison_script_writes_its_table_csv_plot_and_docs(tmp_path, capsys, 
     assert text.startswith("# Benchmarks\n\nProse before the markers stays.")
     assert "old machine" not in text and "old table" not in text
     assert "<!-- multigrid:begin -->\nanother script's block\n<!-- multigrid:end -->" in text
-    for name in (f"compare-{device}-machine", f"compare-{device}", f"rawks-paper-{device}", f"compare-{device}-findings"):
+    for name in (
+        f"compare-{device}-machine",
+        f"compare-{device}",
+        f"rawks-paper-{device}",
+        f"compare-{device}-findings",
+    ):
         assert text.count(f"<!-- {name}:begin -->") == 1 and text.count(f"<!-- {name}:end -->") == 1, name
     block = text.split(f"<!-- compare-{device}:begin -->")[1].split(f"<!-- compare-{device}:end -->")[0]
     assert "| rawks torch f64 |" in block and "| scipy spsolve |" in block
@@ -112,7 +130,7 @@ def test_comparison_script_writes_its_table_csv_plot_and_docs(tmp_path, capsys, 
 
 def test_write_docs_replaces_only_between_markers(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
-    from bench.compare import write_docs
+    from bench.report import write_docs
 
     doc = tmp_path / "doc.md"
     doc.write_text("a\n<!-- x:begin -->\nold\n<!-- x:end -->\nb\n")
@@ -128,11 +146,33 @@ def test_multigrid_iterations_script_runs_on_a_tiny_size(capsys):
 
     threads = torch.get_num_threads()
     try:
-        multigrid_iterations.main(["--sizes", "16", "--models", "rawks,grady", "--jacobi-max-size", "16", "--threads", "1"])
+        multigrid_iterations.main(
+            ["--sizes", "16", "--models", "rawks,grady", "--jacobi-max-size", "16", "--threads", "1"]
+        )
     finally:
         torch.set_num_threads(threads)
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| rawks |") or line.startswith("| grady |")]
+    rows = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| rawks |") or line.startswith("| grady |")
+    ]
     assert len(rows) == 2, rows
     for row in rows:
         multigrid = int(row.split("|")[5])
         assert multigrid > 0, row  # converged (a negative count means it did not)
+
+
+def test_multigrid_forward_backward_script_runs_on_a_tiny_size(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import multigrid_forward_backward
+
+    assert capsys.readouterr().out == ""  # importing runs nothing
+    threads = torch.get_num_threads()
+    try:
+        assert multigrid_forward_backward.main(["--sizes", "12", "--repeats", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["12x12 forward", "12x12 forward+backward"], lines
+    for line in lines:
+        assert int(line.split("iterations fwd ")[1].split(",")[0]) > 0, line
