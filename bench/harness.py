@@ -23,7 +23,7 @@ import torch
 
 import rawks_triton as rt
 from bench.problems import make_batch, make_scene
-from rawks_triton.propagation import PRECONDITIONERS
+from rawks_triton.options import PRECONDITIONERS
 from rawks_triton.random_walker import image_edge_weights, random_walker_with_stats
 from rawks_triton.reference import assemble_matrix
 

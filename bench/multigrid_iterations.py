@@ -8,9 +8,9 @@ Laplacian inside the regions, killing only on the borders) and the "grady" node 
 harder case of scikit-image's own conductances (beta 130 on the noisy grey-level scene of
 bench/problems.py), the problem of bench/compare.py.
 
-Every solve is the library's own path (PaddedStencil, MultigridOperator, TorchPCG,
+Every solve is the library's own path (FramedOperator, TorchMultigrid, TorchPCG,
 run_pcg), in float32 on the CPU, to rtol 1e-4 under the per-pixel stopping rule of
-rawks_triton.cg (the tables in docs/multigrid.md were measured under the older residual-norm
+rawks_triton.solve.rules (the tables in docs/multigrid.md were measured under the older residual-norm
 rule). Reported per size and model:
 
 * iterations (the largest over the systems) of Jacobi-PCG and of multigrid-PCG;
@@ -37,10 +37,14 @@ import torch
 
 from bench.markers import write_between_markers
 from bench.problems import region_borders
-from rawks_triton.backends.torch_cg import PaddedStencil
-from rawks_triton.cg import ForwardRule, SolverOptions, TorchPCG, run_pcg
+from rawks_triton.backends.torch.multigrid import TorchMultigrid
+from rawks_triton.backends.torch.operator import FramedOperator, JacobiPreconditioner
+from rawks_triton.backends.torch.pcg import TorchPCG
+from rawks_triton.solve.options import SolverOptions
+from rawks_triton.solve.pcg import run_pcg
+from rawks_triton.solve.rules import ForwardRule
 from rawks_triton.coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
-from rawks_triton.multigrid import MultigridOperator, MultigridOptions, build_hierarchy
+from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
 from rawks_triton.systems import build_stencil, compact_labels, right_hand_sides
 
 MODELS = ("grady", "rawks", "grady-image")
@@ -102,41 +106,41 @@ def tensor_bytes(*objects) -> int:
 def solve(stencil, systems, rhs, preconditioner: str, options: MultigridOptions, maxiter: int):
     """(iterations, seconds of the whole solve, seconds of the hierarchy, solver bytes, multigrid bytes)."""
     start = time.perf_counter()
-    op = PaddedStencil.from_stencil(stencil, systems.image_index)
+    op = FramedOperator.from_stencil(stencil, systems.image_index)
     setup = 0.0
     levels = None
     if preconditioner == "multigrid":
         levels = build_hierarchy(stencil, options, framed=op.per_image)
         setup = time.perf_counter() - start
-        op = MultigridOperator(op, levels, options)
+        cycle = TorchMultigrid(levels, systems.image_index, options)
+    else:
+        cycle = JacobiPreconditioner(op.per_image["inv_diag"], systems.image_index)
     solver = SolverOptions(rtol=RTOL, preconditioner=preconditioner)
-    b = op.pad(rhs)
-    pcg = TorchPCG(op, b, ForwardRule(solver, op.groups), solver, grid_shape=tuple(rhs.shape[1:]))
+    b = op.frame.frame(rhs)
+    pcg = TorchPCG(op, cycle, b, ForwardRule(solver, op.groups), solver, grid_shape=tuple(rhs.shape[1:]))
     done = run_pcg(pcg, maxiter, solver.checks_every(rhs.device))
     seconds = time.perf_counter() - start
-    plain = op._operator if levels is not None else op
-    solver_bytes = tensor_bytes(plain.per_image) + 7 * rhs.shape[0] * plain.size * rhs.element_size()
-    cycle = None if levels is None else op._cycle
-    buffers = () if cycle is None else (levels, cycle._buffers)
+    solver_bytes = tensor_bytes(op.per_image) + 7 * rhs.shape[0] * op.frame.size * rhs.element_size()
+    buffers = () if levels is None else (levels, cycle._buffers)
     # level 0 shares the solver's coefficients: count only the storage that multigrid adds
-    extra = tensor_bytes(plain.per_image, *buffers) - tensor_bytes(plain.per_image)
-    op.release_views()
+    extra = tensor_bytes(op.per_image, *buffers) - tensor_bytes(op.per_image)
+    op.release()
     iterations = int(pcg.iterations.max())
     if not pcg.stats(torch.linalg.vector_norm(b.flatten(1), dim=1), maxiter, done).all_converged:
         iterations = -iterations  # did not converge
     return iterations, seconds, setup, solver_bytes, extra
 
 
-RTOL = 1e-4  # the per-pixel stopping rule of rawks_triton.cg (docs/numerics.md)
+RTOL = 1e-4  # the per-pixel stopping rule of rawks_triton.solve.rules (docs/numerics.md)
 
 
 def time_backends(sizes, labels, models, repeats: int) -> list[str]:
     """Median seconds of forward + backward through :func:`rawks_triton.propagate` on the CPU
     for the direct solver and for CG with each preconditioner, and what "auto" picks; the
-    table that backs the rule of :func:`rawks_triton.backends.choose_solver`."""
+    table that backs the rule of :func:`rawks_triton.solve.choose.choose_solver`."""
     import rawks_triton as rt
     from bench.problems import make_batch
-    from rawks_triton.backends import choose_solver
+    from rawks_triton.solve.choose import choose_solver
 
     methods = (("scipy", "jacobi"), ("torch", "jacobi"), ("torch", "multigrid"))
     lines = [

@@ -19,7 +19,7 @@ import torch
 import rawks_triton as rt
 from bench.harness import CLOCK, PAPER_RAWKS_MS, PEERS, Measurement, cpu_model
 from bench.markers import append_between_markers, write_between_markers
-from rawks_triton.propagation import PRECONDITIONERS
+from rawks_triton.options import PRECONDITIONERS
 
 TARGET_VS_CG_J = 1.2  # issue 4: the torch backend within 1.2x of scikit-image cg_j at every size
 TARGET_RAWKS_MS = 80.0  # issue 4: RAWKS forward + backward, 128 x 96, 21 labels, CPU

@@ -17,6 +17,7 @@ with the exponent divided by sqrt(C) for multichannel data (``channel_axis`` giv
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 import math
 import warnings
 from numbers import Integral, Real
@@ -27,7 +28,7 @@ import torch
 from . import _checks
 from .solve.options import ConvergenceWarning
 from .options import PRECONDITIONERS
-from .propagation import propagate
+from .propagation import PropagationResult, propagate
 
 MODES = ("cg", "cg_j", "cg_mg", "bf")
 EDGE_EPSILON = 1e-10  # added to every weight, as scikit-image does: no edge is ever cut by the image
@@ -188,20 +189,20 @@ def _spatial_layout(data: torch.Tensor, label_shape, channel_axis) -> torch.Tens
 
 
 def random_walker(
-    data,
-    labels,
-    beta=130,
-    mode="cg_j",
-    tol=1.0e-3,
-    copy=True,
-    return_full_prob=False,
-    spacing=None,
+    data: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    beta: float = 130,
+    mode: str = "cg_j",
+    tol: float = 1.0e-3,
+    copy: bool = True,
+    return_full_prob: bool = False,
+    spacing: Sequence[float] | None = None,
     *,
-    prob_tol=1e-3,
-    channel_axis=None,
-    backend="auto",
-    maxiter=None,
-):
+    prob_tol: float = 1e-3,
+    channel_axis: int | None = None,
+    backend: str = "auto",
+    maxiter: int | None = None,
+) -> np.ndarray | torch.Tensor:
     """Random-walker segmentation from markers, compatible with scikit-image's.
 
     Args:
@@ -248,7 +249,7 @@ def random_walker(
     return output
 
 
-def random_walker_with_stats(data, labels, *args, **kwargs):
+def random_walker_with_stats(data, labels, *args, **kwargs) -> tuple[np.ndarray | torch.Tensor, PropagationResult | None]:
     """:func:`random_walker` (the same arguments), also returning the solver's :class:`PropagationResult`.
 
     Returns ``(output, result)``; ``result`` is None when nothing was solved (no unknown

@@ -53,7 +53,7 @@ import rawks_triton as rt
 from rawks_triton.solve.choose import triton_available
 from rawks_triton.reference import assemble_matrix, dense_solve
 
-from conftest import learned_scene
+from rawks_triton.testing import learned_scene
 
 EXPLORE_FACTOR = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 1
 RTOL = 1e-3  # the default

@@ -6,7 +6,7 @@ import torch
 
 import rawks_triton as rt
 
-from conftest import assert_close, random_scores, random_seeds
+from rawks_triton.testing import assert_close, random_scores, random_seeds
 
 BACKENDS = ["scipy", "torch"]
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import rawks_triton as rt
 from rawks_triton.solve.choose import triton_available
 
-from conftest import assert_close, learned_problems, learned_scene, random_scores, random_seeds
+from rawks_triton.testing import assert_close, learned_problems, learned_scene, random_scores, random_seeds
 
 RTOL = 1e-3  # the default
 TAU = rt.propagation.REACH_THRESHOLDS["rawks"]

@@ -8,7 +8,7 @@ import torch
 import rawks_triton as rt
 from rawks_triton.loss import entropy, loss_weights, rawks_loss_terms
 
-from conftest import assert_close
+from rawks_triton.testing import assert_close
 
 
 def direct_loss(P, q_logits, alpha, mask, detach_weight=True):

@@ -18,7 +18,7 @@ from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
 from rawks_triton.reference import assemble_matrix
 from rawks_triton.systems import build_stencil, compact_labels, right_hand_sides
 
-from conftest import SOLVE_RTOL, assert_close, compare_with_reference, problems, random_scores, random_seeds
+from rawks_triton.testing import SOLVE_RTOL, assert_close, compare_with_reference, problems, random_scores, random_seeds
 
 SPD_SIZES = [(1, 1), (1, 17), (17, 1), (2, 2), (3, 1), (7, 13), (9, 10)]
 CYCLES = {

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import rawks_triton as rt
 
-from conftest import SOLVE_RTOL, assert_close, compare_with_reference, problems, random_scores, random_seeds
+from rawks_triton.testing import SOLVE_RTOL, assert_close, compare_with_reference, problems, random_scores, random_seeds
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])

@@ -15,7 +15,7 @@ from rawks_triton.solve.choose import triton_available
 from rawks_triton.backends.torch.multigrid import TorchMultigrid as MultigridPreconditioner
 from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
 
-from conftest import assert_close, compare_with_reference, random_scores, random_seeds
+from rawks_triton.testing import assert_close, compare_with_reference, random_scores, random_seeds
 from test_multigrid import make_problem
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

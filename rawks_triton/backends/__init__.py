@@ -9,7 +9,9 @@ Which one ``"auto"`` means is :mod:`rawks_triton.solve.choose`.
 
 from __future__ import annotations
 
-from ..solve.choose import BACKENDS
+from ..solve.choose import BACKENDS, triton_available
+
+__all__ = ["BACKENDS", "get_backend", "triton_available"]
 
 
 def get_backend(name: str):
