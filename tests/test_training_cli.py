@@ -9,7 +9,16 @@ from test_training_data import SHARED
 
 from rawks_triton.cli import main
 
-SMALL = ["--data-option", "train_count=4", "--data-option", "val_count=2", "--data-option", "height=32", "--data-option", "width=40"]
+SMALL = [
+    "--data-option",
+    "train_count=4",
+    "--data-option",
+    "val_count=2",
+    "--data-option",
+    "height=32",
+    "--data-option",
+    "width=40",
+]
 
 
 def two_region_image(path_image, path_scribbles, h=30, w=40):
@@ -22,10 +31,15 @@ def two_region_image(path_image, path_scribbles, h=30, w=40):
     Image.fromarray(scribbles).save(path_scribbles)
 
 
+def _propagate(tmp_path, *flags, out="out"):
+    """rawks propagate on tmp_path/im.png and im-anno.png, writing tmp_path/<out>/im_*."""
+    image, scribbles = str(tmp_path / "im.png"), str(tmp_path / "im-anno.png")
+    return main(["propagate", "--image", image, "--scribbles", scribbles, *flags, "--out", str(tmp_path / out / "im")])
+
+
 def test_propagate_writes_labels_probabilities_and_confidence(tmp_path, capsys):
     two_region_image(tmp_path / "im.png", tmp_path / "im-anno.png")
-    assert main(["propagate", "--image", str(tmp_path / "im.png"), "--scribbles", str(tmp_path / "im-anno.png"),
-                 "--unlabelled", "0", "--out", str(tmp_path / "out" / "im")]) == 0
+    assert _propagate(tmp_path, "--unlabelled", "0") == 0
     labels = np.asarray(Image.open(tmp_path / "out" / "im_labels.png"))
     assert labels.shape == (30, 40)
     # columns 19 and 20 are the edge itself: a wall no walk crosses alive, unreachable, so P is uniform there
@@ -39,41 +53,87 @@ def test_propagate_writes_labels_probabilities_and_confidence(tmp_path, capsys):
 
 def test_train_resume_eval_and_propagate_with_a_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", *SMALL, "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--checkpoint-every", "2",
-                 "--figures", "1", "--reach-weight", "0.01", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *SMALL,
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--eval-every",
+                "2",
+                "--checkpoint-every",
+                "2",
+                "--figures",
+                "1",
+                "--reach-weight",
+                "0.01",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (out / "checkpoint.pt").is_file() and (out / "figures" / "step000002_val.png").is_file()
     assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["steps"] == 3 and config["reach_weight"] == 0.01 and config["data_options"]["train_count"] == "4"
     assert json.loads((out / "summary.json").read_text())["step"] == 3
-    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--figures", "1", "--propagation-scale", "0.5", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "checkpoint.pt"),
+                "--figures",
+                "1",
+                "--propagation-scale",
+                "0.5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "eval.json").read_text())
     metrics = record["metrics"]
     assert record["propagation_scale"] == 0.5
     assert set(metrics) == {"train", "val"} and 0 <= metrics["val"]["q_miou"] <= 100
     assert (out / "eval_val.png").is_file()
     two_region_image(tmp_path / "im.png", tmp_path / "im-anno.png", h=32, w=40)
-    assert main(["propagate", "--image", str(tmp_path / "im.png"), "--scribbles", str(tmp_path / "im-anno.png"),
-                 "--unlabelled", "0", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "p" / "im")]) == 0
+    assert _propagate(tmp_path, "--unlabelled", "0", "--checkpoint", str(out / "checkpoint.pt"), out="p") == 0
     assert np.load(tmp_path / "p" / "im_probabilities.npy").shape == (3, 32, 40)
     assert (tmp_path / "p" / "im_q_labels.png").is_file()
 
 
 def test_clear_errors_for_missing_or_malformed_data(tmp_path, capsys):
-    assert main(["train", "--data", "grabcut", "--data-root", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["train", "--data", "grabcut", "--data-root", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert f"data_root {tmp_path / 'nothing'} does not exist" in capsys.readouterr().err
     (tmp_path / "folder" / "images").mkdir(parents=True)
-    assert main(["train", "--data", "folder", "--data-root", str(tmp_path / "folder"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["train", "--data", "folder", "--data-root", str(tmp_path / "folder"), "--out", str(tmp_path / "o")]) == 2
+    )
     assert "folder dataset scribbles: expected a folder at" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "never-ran"), "--resume"]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
-    assert main(["propagate", "--image", str(tmp_path / "none.png"), "--scribbles", "x.png", "--out", str(tmp_path / "p")]) == 2
+    assert (
+        main(["propagate", "--image", str(tmp_path / "none.png"), "--scribbles", "x.png", "--out", str(tmp_path / "p")])
+        == 2
+    )
     assert "no file at" in capsys.readouterr().err
 
 
 def test_demo_runs_and_says_where_the_results_are(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--steps", "2", "--train-count", "4", "--val-count", "2", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(["demo", "--steps", "2", "--train-count", "4", "--val-count", "2", "--out", str(out), "--no-progress"])
+        == 0
+    )
     printed = capsys.readouterr().out
     table = (out / "results.md").read_text()
     assert "| joint (RAWKS) |" in table and "| sparse-loss baseline |" in table
@@ -86,8 +146,26 @@ def test_demo_runs_and_says_where_the_results_are(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def real_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    assert main(["train", *SMALL, "--steps", "1", "--batch-size", "2", "--eval-every", "100", "--figures", "0",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *SMALL,
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--eval-every",
+                "100",
+                "--figures",
+                "0",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return (out / "checkpoint.pt").read_bytes()
 
 
@@ -114,11 +192,23 @@ BAD_CHECKPOINTS = {
     "truncated": (lambda p, real, t: p.write_bytes(real[: len(real) // 2]), "cannot be read"),
     "random-bytes": (lambda p, real, t: p.write_bytes(np.random.default_rng(11).bytes(3000)), "cannot be read"),
     "empty": (lambda p, real, t: p.write_bytes(b""), "cannot be read"),
-    "bare-tensor": (lambda p, real, t: __import__("torch").save(__import__("torch").zeros(2, 3), p), "holds a tensor of shape [2, 3]"),
+    "bare-tensor": (
+        lambda p, real, t: __import__("torch").save(__import__("torch").zeros(2, 3), p),
+        "holds a tensor of shape [2, 3]",
+    ),
     "dict-without-keys": (lambda p, real, t: __import__("torch").save({"weights": 1}, p), "it lacks ['config', 'step'"),
-    "unknown-config-field": (lambda p, real, t: _edited(real, p, lambda d: d["config"].update(colour="red")), "unknown TrainConfig field(s) ['colour']"),
-    "invalid-config-value": (lambda p, real, t: _edited(real, p, lambda d: d["config"].update(protocol="weak")), "`protocol` must be one of"),
-    "runs-code": (lambda p, real, t: _edited(real, p, lambda d: d.update(meta=RunsCode(t / "code-ran"))), "could run code"),
+    "unknown-config-field": (
+        lambda p, real, t: _edited(real, p, lambda d: d["config"].update(colour="red")),
+        "unknown TrainConfig field(s) ['colour']",
+    ),
+    "invalid-config-value": (
+        lambda p, real, t: _edited(real, p, lambda d: d["config"].update(protocol="weak")),
+        "`protocol` must be one of",
+    ),
+    "runs-code": (
+        lambda p, real, t: _edited(real, p, lambda d: d.update(meta=RunsCode(t / "code-ran"))),
+        "could run code",
+    ),
     "missing": (lambda p, real, t: None, "found nothing"),
 }
 
@@ -128,8 +218,7 @@ def _run_command(command, checkpoint, tmp_path):
         return main(["eval", "--checkpoint", str(checkpoint), "--no-progress"])
     if command == "propagate":
         two_region_image(tmp_path / "im.png", tmp_path / "im-anno.png", h=32, w=40)
-        return main(["propagate", "--image", str(tmp_path / "im.png"), "--scribbles", str(tmp_path / "im-anno.png"),
-                     "--unlabelled", "0", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "p" / "im")])
+        return _propagate(tmp_path, "--unlabelled", "0", "--checkpoint", str(checkpoint), out="p")
     return main(["train", "--resume", "--out", str(checkpoint.parent), "--no-progress"])
 
 
@@ -160,13 +249,8 @@ def palette_scribbles(path, values: np.ndarray):
     image.save(path)
 
 
-def _propagate(tmp_path, *flags):
-    return main(["propagate", "--image", str(tmp_path / "im.png"), "--scribbles", str(tmp_path / "im-anno.png"),
-                 *flags, "--out", str(tmp_path / "out" / "im")])
-
-
 def _grabcut_style(tmp_path, h=30, w=40):
-    """An image of two halves and a GrabCut-coded palette scribble map: 0 none, 1 left (foreground), 2 right (background)."""
+    """Two half images and a GrabCut-coded palette scribble map: 0 none, 1 left (foreground), 2 right (background)."""
     two_region_image(tmp_path / "im.png", tmp_path / "unused.png", h, w)
     values = np.zeros((h, w), dtype=np.uint8)
     values[5:25, 4] = 1
@@ -182,7 +266,9 @@ def _one_error_line(capsys):
     return lines[0]
 
 
-def test_propagate_refuses_a_map_where_every_pixel_is_a_scribble_and_names_the_likely_unlabelled_value(tmp_path, capsys):
+def test_propagate_refuses_a_map_where_every_pixel_is_a_scribble_and_names_the_likely_unlabelled_value(
+    tmp_path, capsys
+):
     _grabcut_style(tmp_path)
     assert _propagate(tmp_path) == 2  # the default --unlabelled 255 does not occur in a GrabCut file
     line = _one_error_line(capsys)

@@ -16,8 +16,19 @@ TINY = {"train_count": 4, "val_count": 1, "height": 28, "width": 36}
 
 def _config(out, batch_size):
     return TrainConfig(
-        data="synthetic", data_options=dict(TINY), steps=3, batch_size=batch_size, lr=5e-3, eval_every=3,
-        checkpoint_every=3, log_every=1, figures=0, progress=False, out=str(out), reach_weight=0.01, threads=1,
+        data="synthetic",
+        data_options=dict(TINY),
+        steps=3,
+        batch_size=batch_size,
+        lr=5e-3,
+        eval_every=3,
+        checkpoint_every=3,
+        log_every=1,
+        figures=0,
+        progress=False,
+        out=str(out),
+        reach_weight=0.01,
+        threads=1,
     )
 
 
@@ -38,7 +49,9 @@ def _grads(trainer):
 
 
 def _worker(rank, world, port, out, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     try:
         trainer = Trainer(_config(out, batch_size=1))
         assert trainer.dist.world_size == world and trainer.dist.rank == rank
@@ -69,7 +82,9 @@ def test_two_gloo_processes_match_one_process_with_the_global_batch(tmp_path):
         scale = float(g.abs().max()) + 1e-12
         for r in range(world):
             error = float((ranks[r]["grads"][key] - g).abs().max()) / scale
-            assert error < 1e-4, f"rank {r}, {key}: DDP gradient differs from the single-process one by {error:.3g} (relative)"
+            assert error < 1e-4, (
+                f"rank {r}, {key}: DDP gradient differs from the single-process one by {error:.3g} (relative)"
+            )
     single.run()
     for key in ranks[0]["state"]:
         assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]), f"{key} differs between the ranks"

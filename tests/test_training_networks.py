@@ -78,3 +78,25 @@ def test_propagate_scribbles_shapes_and_gradients(scale):
     assert torch.allclose(P.sum(1), torch.ones(2, 12, 18), atol=1e-5)
     (P[0, 0] * torch.linspace(0, 1, 18)).sum().backward()
     assert torch.isfinite(boundary.grad).all() and bool((boundary.grad != 0).any())
+
+
+def test_hand_made_boundary_keeps_the_propagate_formula_and_the_demo_numbers():
+    from rawks_triton.demo import DEMO_GAIN, DEMO_THRESHOLD, synthetic_scene
+    from rawks_triton.training.networks import gradient_features, hand_made_boundary
+
+    torch.manual_seed(0)
+    image = torch.rand(3, 13, 17)
+    smooth = torch.nn.functional.avg_pool2d(image[None], 3, stride=1, padding=1, count_include_pad=False)
+    magnitude = gradient_features(smooth).amax(dim=1, keepdim=True)
+    # rawks propagate without a checkpoint: gain * relu(|grad I| - 0.02)^2, gain 2000
+    torch.testing.assert_close(hand_made_boundary(image), 2000.0 * torch.relu(magnitude - 0.02) ** 2, rtol=0, atol=0)
+    # The demo's scene: a linear ramp above 0.05, gain 60, on the grey image (central differences, 0 on the border).
+    grey, _, _ = synthetic_scene()
+    smooth = torch.nn.functional.avg_pool2d(grey[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
+    gx, gy = torch.zeros_like(smooth), torch.zeros_like(smooth)
+    gx[:, 1:-1] = 0.5 * (smooth[:, 2:] - smooth[:, :-2])
+    gy[1:-1, :] = 0.5 * (smooth[2:, :] - smooth[:-2, :])
+    expected = 60.0 * torch.relu(torch.sqrt(gx**2 + gy**2) - 0.05)
+    boundary = hand_made_boundary(grey[None], gain=DEMO_GAIN, threshold=DEMO_THRESHOLD, power=1.0)
+    assert boundary.shape == (1, 1) + grey.shape
+    torch.testing.assert_close(boundary[0, 0], expected, rtol=0, atol=1e-6)

@@ -14,7 +14,20 @@ def test_tiny_run_prints_and_writes_the_table(tmp_path, capsys):
     doc.write_text(f"# B\n\n{BEGIN}\nNot measured yet.\n{END}\n\nafter\n")
     bare = tmp_path / "bare.md"
     bare.write_text("no markers\n")
-    args = ["--devices", "cpu", "--height", "24", "--width", "32", "--batch-size", "1", "--warmup", "0", "--repeats", "1"]
+    args = [
+        "--devices",
+        "cpu",
+        "--height",
+        "24",
+        "--width",
+        "32",
+        "--batch-size",
+        "1",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+    ]
     assert main(args + ["--write-docs", str(doc)]) == 0
     printed = capsys.readouterr().out
     for protocol in ("joint", "sparse"):

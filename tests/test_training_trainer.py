@@ -2,22 +2,34 @@
 exact resume, the frozen boundaries of joint-then-q, evaluation metrics, configuration errors."""
 
 import csv
+import io
 import math
+import sys
 
 import pytest
 import torch
 
 from rawks_triton.training import TrainConfig, Trainer, train
 from rawks_triton.training.evaluate import ConfusionMatrix, evaluate
-from rawks_triton.training.trainer import reach_penalty, step_indices
+from rawks_triton.training.loop import CSV_FIELDS, reach_penalty, step_indices
 
 TINY = {"train_count": 6, "val_count": 2, "height": 32, "width": 40}
 
 
 def tiny(tmp_path, name="run", **overrides):
     settings = dict(
-        data="synthetic", data_options=dict(TINY), steps=20, batch_size=2, lr=5e-3, lr_schedule="constant",
-        eval_every=20, checkpoint_every=10, log_every=5, figures=1, progress=False, out=str(tmp_path / name),
+        data="synthetic",
+        data_options=dict(TINY),
+        steps=20,
+        batch_size=2,
+        lr=5e-3,
+        lr_schedule="constant",
+        eval_every=20,
+        checkpoint_every=10,
+        log_every=5,
+        figures=1,
+        progress=False,
+        out=str(tmp_path / name),
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -56,10 +68,14 @@ def test_each_protocol_trains_and_its_loss_falls(tmp_path, protocol):
 
 
 def test_resume_continues_exactly(tmp_path):
-    config = tiny(tmp_path, "straight", steps=6, checkpoint_every=3, log_every=3, eval_every=6, figures=0, reach_weight=0.01)
+    config = tiny(
+        tmp_path, "straight", steps=6, checkpoint_every=3, log_every=3, eval_every=6, figures=0, reach_weight=0.01
+    )
     straight = Trainer(config)
     straight.run()
-    interrupted = tiny(tmp_path, "resumed", steps=6, checkpoint_every=3, log_every=3, eval_every=6, figures=0, reach_weight=0.01)
+    interrupted = tiny(
+        tmp_path, "resumed", steps=6, checkpoint_every=3, log_every=3, eval_every=6, figures=0, reach_weight=0.01
+    )
     first = train(interrupted, stop_after=3)
     assert first.step == 3
     resumed = Trainer(TrainConfig(out=interrupted.out), resume=True)
@@ -114,7 +130,9 @@ def test_dense_protocol_needs_masks(tmp_path):
 
     root = make_folder(tmp_path / "nomasks", masks=False)
     with pytest.raises(ValueError, match=r"protocol='dense' needs dense masks"):
-        Trainer(TrainConfig(data="folder", data_root=str(root), protocol="dense", out=str(tmp_path / "o"), progress=False))
+        Trainer(
+            TrainConfig(data="folder", data_root=str(root), protocol="dense", out=str(tmp_path / "o"), progress=False)
+        )
 
 
 def _tiny_data(kind, root):
@@ -136,8 +154,19 @@ def _tiny_data(kind, root):
 def test_every_loader_trains_and_its_loss_falls(tmp_path, kind):
     data, root, options = _tiny_data(kind, tmp_path / "data")
     config = TrainConfig(
-        data=data, data_root=None if root is None else str(root), data_options=options, steps=6, batch_size=2, lr=5e-3,
-        lr_schedule="constant", augment=False, eval_every=6, checkpoint_every=6, log_every=3, figures=1, progress=False,
+        data=data,
+        data_root=None if root is None else str(root),
+        data_options=options,
+        steps=6,
+        batch_size=2,
+        lr=5e-3,
+        lr_schedule="constant",
+        augment=False,
+        eval_every=6,
+        checkpoint_every=6,
+        log_every=3,
+        figures=1,
+        progress=False,
         out=str(tmp_path / "run"),
     )
     trainer = Trainer(config)
@@ -219,7 +248,7 @@ def test_reach_penalty_is_finite_and_reaches_the_boundary():
 
 # ---- resume inside a logging window ------------------------------------------------------------
 
-DETERMINISTIC = ("step", "phase", "kind", "split", "loss", "q_miou", "q_accuracy", "p_miou", "p_accuracy", "p_miou_abstain", "abstained", "images")
+DETERMINISTIC = tuple(f for f in CSV_FIELDS if f not in ("images_per_second", "seconds"))  # all but the timings
 
 
 @pytest.fixture
@@ -271,7 +300,7 @@ def test_resume_inside_a_logging_window_writes_the_rows_of_the_uninterrupted_run
 
 
 def test_metrics_log_on_resume_drops_later_and_cut_short_rows(tmp_path):
-    from rawks_triton.training.trainer import CSV_FIELDS, MetricsLog
+    from rawks_triton.training.loop import MetricsLog
 
     path = tmp_path / "metrics.csv"
     full = lambda step: ",".join([str(step), "joint", "train", "", "0.5"] + [""] * (len(CSV_FIELDS) - 5))  # noqa: E731
@@ -289,7 +318,11 @@ def _plain_types(value, where="checkpoint"):
     if isinstance(value, (torch.Tensor, str, int, float, bool, type(None))):
         return []
     if isinstance(value, dict):
-        return [p for k, v in value.items() for p in ([] if isinstance(k, (str, int)) else [f"{where} key {k!r}"]) + _plain_types(v, f"{where}[{k!r}]")]
+        return [
+            p
+            for k, v in value.items()
+            for p in ([] if isinstance(k, (str, int)) else [f"{where} key {k!r}"]) + _plain_types(v, f"{where}[{k!r}]")
+        ]
     if isinstance(value, (list, tuple)):
         return [p for i, v in enumerate(value) for p in _plain_types(v, f"{where}[{i}]")]
     return [f"{where}: {type(value).__name__}"]
@@ -297,15 +330,19 @@ def _plain_types(value, where="checkpoint"):
 
 @pytest.mark.parametrize("protocol", ["joint", "sparse"])
 def test_a_checkpoint_holds_only_plain_values_and_loads_with_weights_only(tmp_path, protocol):
-    from rawks_triton.training.trainer import load_checkpoint
+    from rawks_triton.training.checkpoint import load_checkpoint
 
-    summary = train(tiny(tmp_path, protocol=protocol, steps=2, log_every=1, checkpoint_every=1, eval_every=100, figures=0))
+    summary = train(
+        tiny(tmp_path, protocol=protocol, steps=2, log_every=1, checkpoint_every=1, eval_every=100, figures=0)
+    )
     payload = torch.load(summary.checkpoint, map_location="cpu", weights_only=True)
     assert _plain_types(payload) == []
     assert {"config", "step", "q", "b", "q_opt", "b_opt", "meta", "train_window"} <= set(payload)
     assert payload["step"] == 2 and payload["config"]["protocol"] == protocol
     assert (payload["b"] is None) == (protocol == "sparse")
-    assert TrainConfig.from_dict(payload["config"]) == tiny(tmp_path, protocol=protocol, steps=2, log_every=1, checkpoint_every=1, eval_every=100, figures=0)
+    assert TrainConfig.from_dict(payload["config"]) == tiny(
+        tmp_path, protocol=protocol, steps=2, log_every=1, checkpoint_every=1, eval_every=100, figures=0
+    )
     assert load_checkpoint(summary.checkpoint)["step"] == 2
 
 
@@ -320,14 +357,16 @@ class RunsCode:
 
 
 def test_load_checkpoint_refuses_objects_that_would_run_code(tmp_path):
-    from rawks_triton.training.trainer import CheckpointError, load_checkpoint
+    from rawks_triton.training.checkpoint import CheckpointError, load_checkpoint
 
     summary = train(tiny(tmp_path, steps=1, eval_every=100, figures=0))
     payload = torch.load(summary.checkpoint, weights_only=True)
     marker = tmp_path / "code-ran"
     payload["meta"]["extra"] = RunsCode(marker)
     torch.save(payload, tmp_path / "hostile.pt")
-    with pytest.raises(CheckpointError, match=r"hostile.pt is not a usable checkpoint: it holds a Python object \(.*open\)"):
+    with pytest.raises(
+        CheckpointError, match=r"hostile.pt is not a usable checkpoint: it holds a Python object \(.*open\)"
+    ):
         load_checkpoint(tmp_path / "hostile.pt")
     assert not marker.exists(), "loading the checkpoint ran code from it"
 
@@ -335,9 +374,11 @@ def test_load_checkpoint_refuses_objects_that_would_run_code(tmp_path):
 def test_save_checkpoint_refuses_values_that_weights_only_cannot_load(tmp_path):
     from pathlib import Path
 
-    from rawks_triton.training.trainer import save_checkpoint
+    from rawks_triton.training.checkpoint import save_checkpoint
 
-    with pytest.raises(TypeError, match=r"checkpoint\['config'\]\['out'\] is a pathlib\..*Path; a checkpoint holds only tensors"):
+    with pytest.raises(
+        TypeError, match=r"checkpoint\['config'\]\['out'\] is a pathlib\..*Path; a checkpoint holds only tensors"
+    ):
         save_checkpoint(tmp_path / "c.pt", {"config": {"out": Path("runs")}, "q": {"w": torch.zeros(1)}})
     assert list(tmp_path.iterdir()) == []
 
@@ -346,7 +387,7 @@ def test_checkpoint_writes_are_fsynced_and_atomic(tmp_path, monkeypatch):
     import os
     import stat
 
-    from rawks_triton.training.trainer import save_checkpoint
+    from rawks_triton.training.checkpoint import save_checkpoint
 
     events = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -390,12 +431,25 @@ def test_checkpoint_writes_are_fsynced_and_atomic(tmp_path, monkeypatch):
         (lambda p: p.update(meta={}), r"'meta' must hold an int num_labels >= 1"),
         (lambda p: p.update(b=None), r"protocol 'joint' needs the boundary network 'b'"),
         (lambda p: p.pop("q_opt"), r"it lacks \['q_opt'\]"),
-        (lambda p: p["q"].update(extra=torch.zeros(2)), r"its Q network 'q' does not fit the network its config describes"),
+        (
+            lambda p: p["q"].update(extra=torch.zeros(2)),
+            r"its Q network 'q' does not fit the network its config describes",
+        ),
     ],
-    ids=["unknown-field", "bad-steps", "bad-arch", "bad-lr-type", "bad-step", "bad-meta", "no-b", "no-q-opt", "wrong-q"],
+    ids=[
+        "unknown-field",
+        "bad-steps",
+        "bad-arch",
+        "bad-lr-type",
+        "bad-step",
+        "bad-meta",
+        "no-b",
+        "no-q-opt",
+        "wrong-q",
+    ],
 )
 def test_a_checkpoint_with_bad_contents_is_a_clear_error(tmp_path, change, match):
-    from rawks_triton.training.trainer import CheckpointError, load_checkpoint, networks_from_checkpoint
+    from rawks_triton.training.checkpoint import CheckpointError, load_checkpoint, networks_from_checkpoint
 
     summary = train(tiny(tmp_path, steps=1, eval_every=100, figures=0))
     payload = torch.load(summary.checkpoint, weights_only=True)
@@ -405,3 +459,32 @@ def test_a_checkpoint_with_bad_contents_is_a_clear_error(tmp_path, change, match
         networks_from_checkpoint(load_checkpoint(summary.checkpoint), source=summary.checkpoint)
     with pytest.raises(CheckpointError, match=match):
         Trainer(TrainConfig(out=str(summary.out)), resume=True)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "tty"])
+def test_progress_bars_show_only_on_a_terminal(monkeypatch, terminal):
+    from rawks_triton.training.progress import progress_bar
+
+    stream = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with progress_bar(range(3), desc="x") as bar:
+        assert bar.disable is not terminal
+        list(bar)
+    assert ("\r" in stream.getvalue()) is terminal
+    with progress_bar(range(3), enabled=False) as bar:
+        assert bar.disable
+    assert progress_bar(total=2, enabled=False).disable
+
+
+def test_a_run_writes_no_progress_bar_to_a_log(tmp_path, monkeypatch, capfd):
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    config = TrainConfig(steps=2, batch_size=2, eval_every=2, figures=0, out=str(tmp_path / "r"), progress=True)
+    config.data_options = {"train_count": 2, "val_count": 1, "height": 24, "width": 24}
+    train(config)
+    assert "\r" not in log.getvalue() and "\r" not in capfd.readouterr().err

@@ -19,8 +19,9 @@ import time
 import numpy as np
 import torch
 
-from .data import IGNORE
+from .data import DATASETS, IGNORE, parse_option_pairs
 from .evaluate import ConfusionMatrix
+from .progress import progress_bar
 
 
 def random_walker_labels(sample, beta: float, mode: str = "cg_mg", tol: float = 1e-3) -> np.ndarray:
@@ -31,35 +32,41 @@ def random_walker_labels(sample, beta: float, mode: str = "cg_mg", tol: float = 
     if image.shape[0] == 1:
         labels = random_walker(image[0].astype(np.float64), markers, beta=beta, mode=mode, tol=tol)
     else:
-        labels = random_walker(image.transpose(1, 2, 0).astype(np.float64), markers, beta=beta, mode=mode, tol=tol, channel_axis=-1)
+        labels = random_walker(
+            image.transpose(1, 2, 0).astype(np.float64), markers, beta=beta, mode=mode, tol=tol, channel_axis=-1
+        )
     return labels - 1
 
 
 def score(dataset, beta: float, mode: str = "cg_mg", tol: float = 1e-3, progress: bool = False) -> dict:
-    from tqdm.auto import tqdm
-
     cm = ConfusionMatrix(dataset.num_labels)
     errors = []
     start = time.perf_counter()
-    for i in tqdm(range(len(dataset)), desc=f"random walker beta={beta:g}", disable=not progress, leave=False):
+    for i in progress_bar(range(len(dataset)), enabled=progress, desc=f"random walker beta={beta:g}", leave=False):
         sample = dataset[i]
         prediction = torch.from_numpy(random_walker_labels(sample, beta, mode, tol)).long()
         truth = sample.mask
         cm.update(prediction, truth)
         valid = truth != IGNORE
         errors.append(100.0 * float(((prediction != truth) & valid).sum()) / max(int(valid.sum()), 1))
-    metrics = {"images": len(dataset), "miou": 100 * cm.miou(), "accuracy": 100 * cm.accuracy(), "seconds": time.perf_counter() - start}
+    metrics = {
+        "images": len(dataset),
+        "miou": 100 * cm.miou(),
+        "accuracy": 100 * cm.accuracy(),
+        "seconds": time.perf_counter() - start,
+    }
     if dataset.num_labels == 2:
         metrics["pixel_error"] = sum(errors) / len(errors) if errors else math.nan
     return metrics
 
 
 def main(argv=None) -> int:
-    from ..cli import _options
     from .splits import build_splits
 
-    parser = argparse.ArgumentParser(prog="python -m rawks_triton.training.baselines", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, choices=("folder", "grabcut", "acdc", "scribblesup", "synthetic"))
+    parser = argparse.ArgumentParser(
+        prog="python -m rawks_triton.training.baselines", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--data", required=True, choices=DATASETS)
     parser.add_argument("--data-root")
     parser.add_argument("--data-option", action="append", default=[])
     parser.add_argument("--beta", type=float, action="append", help="repeatable (default 250)")
@@ -67,7 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    splits = build_splits(args.data, args.data_root, _options(args.data_option))
+    splits = build_splits(args.data, args.data_root, parse_option_pairs(args.data_option))
     results = {}
     for beta in args.beta or [250.0]:
         row = {"train": score(splits.train, beta, args.mode, args.tol, progress=True)}
@@ -77,7 +84,17 @@ def main(argv=None) -> int:
         print(f"beta={beta:g}: " + json.dumps(row))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"data": args.data, "options": args.data_option, "mode": args.mode, "tol": args.tol, "results": results}, f, indent=2)
+            json.dump(
+                {
+                    "data": args.data,
+                    "options": args.data_option,
+                    "mode": args.mode,
+                    "tol": args.tol,
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
     return 0
 
 

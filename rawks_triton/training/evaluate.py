@@ -14,11 +14,13 @@ classes that occur in the truth or the prediction.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
 from ..loss import DEFAULT_ALPHA, loss_weights
 from .data import IGNORE, Sample
+from .progress import progress_bar
 from .propagate import PropagationSettings, propagate_scribbles
 
 
@@ -57,7 +59,15 @@ def _stack(samples: list[Sample], device):
 
 
 @torch.no_grad()
-def predict(samples: list[Sample], num_labels: int, q_net=None, b_net=None, settings: PropagationSettings | None = None, alpha: float = DEFAULT_ALPHA, device="cpu"):
+def predict(
+    samples: list[Sample],
+    num_labels: int,
+    q_net=None,
+    b_net=None,
+    settings: PropagationSettings | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    device="cpu",
+):
     """Run the networks on samples of one size; returns a dict of [N, ...] tensors.
 
     Keys: ``q_logits`` (with ``q_net``); ``boundary``, ``P``, ``reachable``, ``weight``
@@ -74,21 +84,28 @@ def predict(samples: list[Sample], num_labels: int, q_net=None, b_net=None, sett
     return out
 
 
-def evaluate(dataset, q_net=None, b_net=None, settings: PropagationSettings | None = None, alpha: float = DEFAULT_ALPHA, device="cpu", progress=False, desc="eval") -> dict:
+def evaluate(
+    dataset,
+    q_net=None,
+    b_net=None,
+    settings: PropagationSettings | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    device="cpu",
+    progress=False,
+    desc="eval",
+) -> dict:
     """Metrics of Q and P on every sample of ``dataset`` that has a dense mask.
 
     Returns a dict with (where applicable) ``q_miou``, ``q_accuracy``, ``q_pixel_error``,
     ``p_miou``, ``p_accuracy``, ``p_pixel_error``, ``p_miou_abstain``,
     ``p_pixel_error_abstain``, ``abstained`` and ``images``; percentages in [0, 100].
     """
-    from tqdm.auto import tqdm
-
     L = dataset.num_labels
     q_cm, p_cm, pa_cm = ConfusionMatrix(L), ConfusionMatrix(L), ConfusionMatrix(L)
     q_err, p_err, pa_err = [], [], []
     abstained = scored = 0
     images = 0
-    for i in tqdm(range(len(dataset)), desc=desc, disable=not progress, leave=False):
+    for i in progress_bar(range(len(dataset)), enabled=progress, desc=desc, leave=False):
         sample = dataset[i]
         if sample.mask is None:
             continue
@@ -124,6 +141,23 @@ def evaluate(dataset, q_net=None, b_net=None, settings: PropagationSettings | No
         if L == 2:
             metrics.update(p_pixel_error=_mean(p_err), p_pixel_error_abstain=_mean(pa_err))
     return metrics
+
+
+def evaluate_splits(splits, q_net, b_net, settings, alpha, device, progress=False, timed=False) -> dict:
+    """{split: :func:`evaluate` metrics} for the splits ("train", "val") that have dense masks.
+
+    ``timed``: each split's metrics also hold the ``seconds`` its evaluation took (metrics.csv has the column).
+    """
+    results = {}
+    for split, dataset in splits.items():
+        if not dataset.has_masks:
+            continue
+        start = time.perf_counter()
+        metrics = evaluate(dataset, q_net, b_net, settings, alpha, device, progress, desc=f"eval {split}")
+        if timed:
+            metrics["seconds"] = time.perf_counter() - start
+        results[split] = metrics
+    return results
 
 
 def _error(prediction, truth, valid) -> float:

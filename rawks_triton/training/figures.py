@@ -10,10 +10,26 @@ import torch
 # Label colours (RGB in [0, 1]); label 0 is dark so that background reads as background.
 PALETTE = np.array(
     [
-        [0.15, 0.15, 0.15], [0.90, 0.30, 0.20], [0.20, 0.45, 0.90], [0.30, 0.80, 0.30], [0.95, 0.80, 0.20],
-        [0.70, 0.35, 0.80], [0.20, 0.80, 0.80], [0.95, 0.55, 0.75], [0.60, 0.45, 0.25], [0.60, 0.60, 0.60],
-        [0.50, 0.75, 0.95], [0.75, 0.95, 0.45], [0.95, 0.65, 0.35], [0.45, 0.30, 0.60], [0.30, 0.55, 0.45],
-        [0.85, 0.85, 0.60], [0.55, 0.15, 0.25], [0.25, 0.25, 0.55], [0.80, 0.45, 0.45], [0.40, 0.65, 0.20],
+        [0.15, 0.15, 0.15],
+        [0.90, 0.30, 0.20],
+        [0.20, 0.45, 0.90],
+        [0.30, 0.80, 0.30],
+        [0.95, 0.80, 0.20],
+        [0.70, 0.35, 0.80],
+        [0.20, 0.80, 0.80],
+        [0.95, 0.55, 0.75],
+        [0.60, 0.45, 0.25],
+        [0.60, 0.60, 0.60],
+        [0.50, 0.75, 0.95],
+        [0.75, 0.95, 0.45],
+        [0.95, 0.65, 0.35],
+        [0.45, 0.30, 0.60],
+        [0.30, 0.55, 0.45],
+        [0.85, 0.85, 0.60],
+        [0.55, 0.15, 0.25],
+        [0.25, 0.25, 0.55],
+        [0.80, 0.45, 0.45],
+        [0.40, 0.65, 0.20],
         [0.90, 0.90, 0.90],
     ]
 )
@@ -43,7 +59,19 @@ def scribble_overlay(image: torch.Tensor, scribbles: torch.Tensor) -> np.ndarray
     return np.where((shown >= 0)[..., None], colour_labels(shown), rgb)
 
 
-def figure_rows(dataset, count: int, q_net=None, b_net=None, settings=None, alpha: float = 2.0, device="cpu") -> list[dict]:
+def save_label_png(path, labels: np.ndarray) -> Path:
+    """An [H, W] label map (0..255) as a palette PNG in the colours of :func:`colour_labels`."""
+    from PIL import Image
+
+    png = Image.fromarray(labels.astype(np.uint8), mode="P")
+    png.putpalette((np.clip(colour_labels(np.arange(256)) * 255, 0, 255).astype(np.uint8)).reshape(-1).tolist())
+    png.save(path)
+    return Path(path)
+
+
+def figure_rows(
+    dataset, count: int, q_net=None, b_net=None, settings=None, alpha: float = 2.0, device="cpu"
+) -> list[dict]:
     """The first ``count`` samples of ``dataset`` run through the networks, as rows for :func:`save_panels`."""
     from .evaluate import predict
 
@@ -51,11 +79,26 @@ def figure_rows(dataset, count: int, q_net=None, b_net=None, settings=None, alph
     for i in range(min(count, len(dataset))):
         sample = dataset[i]
         out = predict([sample], dataset.num_labels, q_net, b_net, settings, alpha, device)
-        row = {"image": sample.image, "scribbles": sample.scribbles, "mask": sample.mask, "q_logits": out.get("q_logits", [None])[0]}
+        row = {
+            "image": sample.image,
+            "scribbles": sample.scribbles,
+            "mask": sample.mask,
+            "q_logits": out.get("q_logits", [None])[0],
+        }
         if "P" in out:
             row.update(boundary=out["boundary"][0, 0], P=out["P"][0], weight=out["weight"][0])
         rows.append(row)
     return rows
+
+
+def save_split_figures(splits, count: int, q_net, b_net, settings, alpha: float, device, path, title) -> list[Path]:
+    """One PNG per split ("train", "val") of its first ``count`` samples, at ``path(split)`` titled ``title(split)``."""
+    written = []
+    for split, dataset in splits.items():
+        rows = figure_rows(dataset, count, q_net, b_net, settings, alpha, device)
+        if rows:
+            written.append(save_panels(path(split), rows, title(split)))
+    return written
 
 
 def save_panels(path, rows: list[dict], title: str = "") -> Path:
@@ -67,7 +110,13 @@ def save_panels(path, rows: list[dict], title: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     columns = [("image", "image"), ("scribbles", "scribbles")]
-    optional = [("boundary", "boundary scores B"), ("P", "propagated labels P"), ("weight", "loss weight w"), ("q_logits", "prediction Q"), ("mask", "truth")]
+    optional = [
+        ("boundary", "boundary scores B"),
+        ("P", "propagated labels P"),
+        ("weight", "loss weight w"),
+        ("q_logits", "prediction Q"),
+        ("mask", "truth"),
+    ]
     columns += [(k, t) for k, t in optional if any(row.get(k) is not None for row in rows)]
     height, width = rows[0]["image"].shape[-2:]
     cell = 2.4  # inches per panel, along its width

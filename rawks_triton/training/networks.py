@@ -66,6 +66,24 @@ def gradient_features(image: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(gx * gx + gy * gy + 1e-12)
 
 
+# The hand-made boundary of ``rawks propagate`` without a checkpoint.
+HAND_MADE_GAIN = 2000.0
+HAND_MADE_THRESHOLD = 0.02
+
+
+def hand_made_boundary(
+    image: torch.Tensor, gain: float = HAND_MADE_GAIN, threshold: float = HAND_MADE_THRESHOLD, power: float = 2.0
+) -> torch.Tensor:
+    """[C, H, W] image -> [1, 1, H, W] boundary scores without a network: 0 where the image is flat, large across edges.
+
+    B = gain * relu(m - threshold) ** power, with m the largest over channels of the
+    central-difference gradient magnitude of the image smoothed by a 3x3 box filter.
+    """
+    smooth = F.avg_pool2d(image[None], 3, stride=1, padding=1, count_include_pad=False)
+    magnitude = gradient_features(smooth).amax(dim=1, keepdim=True)
+    return gain * torch.relu(magnitude - threshold) ** power
+
+
 class BoundaryNet(nn.Module):
     """B: [N, C, H, W] images in [0, 1] -> [N, 1, H, W] boundary scores, softplus so B >= 0."""
 
@@ -94,7 +112,15 @@ class ResNetFCN(nn.Module):
     earlier); missing head keys are expected, trunk keys must all load.
     """
 
-    def __init__(self, arch: str, in_channels: int, out_channels: int, weights: str | None = None, softplus: bool = False, initial_logit: float = -10.0):
+    def __init__(
+        self,
+        arch: str,
+        in_channels: int,
+        out_channels: int,
+        weights: str | None = None,
+        softplus: bool = False,
+        initial_logit: float = -10.0,
+    ):
         super().__init__()
         try:
             import torchvision
@@ -106,28 +132,44 @@ class ResNetFCN(nn.Module):
         if arch not in ARCHS[1:]:
             raise ValueError(f"`arch` must be one of {list(ARCHS[1:])} for ResNetFCN, got {arch!r}")
         dilate = arch in ("resnet50", "resnet101")
-        trunk = getattr(torchvision.models, arch)(weights=None, replace_stride_with_dilation=[False, True, True] if dilate else None)
+        trunk = getattr(torchvision.models, arch)(
+            weights=None, replace_stride_with_dilation=[False, True, True] if dilate else None
+        )
         if weights is not None:
             state = torch.load(weights, map_location="cpu", weights_only=True)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             missing, unexpected = trunk.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.startswith("fc.")]
             if missing or unexpected:
-                raise ValueError(f"`weights` {weights} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+                raise ValueError(
+                    f"`weights` {weights} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                )
         if in_channels != 3:
             old = trunk.conv1
             trunk.conv1 = nn.Conv2d(in_channels, old.out_channels, 7, stride=2, padding=3, bias=False)
             with torch.no_grad():
                 trunk.conv1.weight.copy_(old.weight.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1))
-        self.trunk = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool, trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4)
+        self.trunk = nn.Sequential(
+            trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool, trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
+        )
         features = trunk.fc.in_features
         self.head = nn.Conv2d(features, out_channels, 1)
         self.softplus = softplus
         if softplus:
             nn.init.normal_(self.head.weight, std=1e-4)
             nn.init.constant_(self.head.bias, initial_logit)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406][:in_channels] if in_channels == 3 else [0.5] * in_channels).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225][:in_channels] if in_channels == 3 else [0.25] * in_channels).view(1, -1, 1, 1))
+        self.register_buffer(
+            "mean",
+            torch.tensor([0.485, 0.456, 0.406][:in_channels] if in_channels == 3 else [0.5] * in_channels).view(
+                1, -1, 1, 1
+            ),
+        )
+        self.register_buffer(
+            "std",
+            torch.tensor([0.229, 0.224, 0.225][:in_channels] if in_channels == 3 else [0.25] * in_channels).view(
+                1, -1, 1, 1
+            ),
+        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         out = self.head(self.trunk((image - self.mean) / self.std))
@@ -143,13 +185,17 @@ def _is_small(arch: str, weights: str | None) -> bool:
     return arch == "small"
 
 
-def build_segmentation_net(arch: str, in_channels: int, num_labels: int, width: int = 32, weights: str | None = None) -> nn.Module:
+def build_segmentation_net(
+    arch: str, in_channels: int, num_labels: int, width: int = 32, weights: str | None = None
+) -> nn.Module:
     if _is_small(arch, weights):
         return SegmentationNet(in_channels, num_labels, width)
     return ResNetFCN(arch, in_channels, num_labels, weights)
 
 
-def build_boundary_net(arch: str, in_channels: int, width: int = 16, weights: str | None = None, initial_logit: float = -10.0) -> nn.Module:
+def build_boundary_net(
+    arch: str, in_channels: int, width: int = 16, weights: str | None = None, initial_logit: float = -10.0
+) -> nn.Module:
     if _is_small(arch, weights):
         return BoundaryNet(in_channels, width, initial_logit)
     return ResNetFCN(arch, in_channels, 1, weights, softplus=True, initial_logit=initial_logit)

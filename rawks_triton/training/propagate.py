@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..propagation import PropagationResult, propagate
 
+
 @dataclass(frozen=True)
 class PropagationSettings:
     model: str = "rawks"
@@ -53,7 +54,12 @@ def propagate_scribbles(
         scores = F.adaptive_avg_pool2d(scores, size)
         seeds = downsample_scribbles(scribbles, size, num_labels)
     result = propagate(
-        scores, seeds, num_labels, settings.model, backend=settings.backend, rtol=settings.rtol,
+        scores,
+        seeds,
+        num_labels,
+        settings.model,
+        backend=settings.backend,
+        rtol=settings.rtol,
         min_weight=settings.min_weight,
     )
     P, reachable = result.P, result.reachable

@@ -3,20 +3,7 @@
 The held-out split is used to measure Q (mIoU on images it never saw) and the learned
 boundaries on scribbles that were not used in training (P on the held-out images).
 
-Options per dataset (``data_options`` of :class:`~.trainer.TrainConfig`, ``--data-option
-key=value`` on the command line):
-
-* ``synthetic``: ``train_count`` (64), ``val_count`` (32), ``height`` (96), ``width``
-  (128), ``num_labels`` (3), ``cue`` ("texture" or "shape"), ``data_seed`` (0; the
-  held-out set uses data_seed + 1).
-* ``folder``: ``train_split`` / ``val_split`` (names of ``splits/*.txt``; default
-  "train"/"val" when those files exist, otherwise every image trains and nothing is held
-  out), ``unlabelled`` (255), ``ignore`` (255), ``channels`` (3), ``num_labels``.
-* ``grabcut``: ``scribble_set`` ("scribbles-set-1"), ``holdout`` (names joined by "+"),
-  or ``holdout_count`` (k: every (30/k)-th image in name order; default 10).
-* ``acdc``: ``val_patients`` ("patient005"; several joined by "+").
-* ``scribblesup``: ``layout`` ("auto"), ``train_split`` ("train"), ``val_split`` ("val";
-  in the flat layout: none), ``stroke_width`` (3), ``scribble_dir`` ("pascal_2012").
+The data set names and their options are in :mod:`.data.registry`.
 """
 
 from __future__ import annotations
@@ -25,18 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import ACDCDataset, DataFolderError, FolderDataset, GrabCutDataset, ScribbleDataset, ScribbleSupDataset
+from .data.registry import parse_options
 from .synthetic import SyntheticDataset
-
-DATASETS = ("synthetic", "folder", "grabcut", "acdc", "scribblesup")
-
-_KNOWN_OPTIONS = {
-    "synthetic": {"train_count", "val_count", "height", "width", "num_labels", "data_seed", "cue"},
-    "folder": {"train_split", "val_split", "unlabelled", "ignore", "channels", "num_labels"},
-    "grabcut": {"scribble_set", "holdout", "holdout_count"},
-    "acdc": {"val_patients"},
-    "scribblesup": {"layout", "train_split", "val_split", "stroke_width", "scribble_dir"},
-}
-_INT_OPTIONS = {"train_count", "val_count", "height", "width", "num_labels", "data_seed", "unlabelled", "ignore", "channels", "holdout_count", "stroke_width"}
 
 
 @dataclass
@@ -56,23 +33,9 @@ class Splits:
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.train.class_names)
 
-
-def parse_options(data: str, options: dict) -> dict:
-    """Check option names and convert integer options given as strings."""
-    if data not in DATASETS:
-        raise ValueError(f"`data` must be one of {list(DATASETS)}, got {data!r}")
-    unknown = set(options) - _KNOWN_OPTIONS[data]
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for data={data!r}; known: {sorted(_KNOWN_OPTIONS[data])}")
-    parsed = {}
-    for key, value in options.items():
-        if key in _INT_OPTIONS and isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError:
-                raise ValueError(f"data option {key!r} must be an integer, got {value!r}") from None
-        parsed[key] = value
-    return parsed
+    def items(self) -> list[tuple[str, ScribbleDataset]]:
+        """("train", train) and, when there is one, ("val", val)."""
+        return [(name, d) for name, d in (("train", self.train), ("val", self.val)) if d is not None]
 
 
 def _names(value) -> list[str]:
@@ -86,7 +49,9 @@ def build_splits(data: str, root: str | None, options: dict | None = None) -> Sp
     if data == "synthetic":
         seed = options.get("data_seed", 0)
         shape = dict(
-            height=options.get("height", 96), width=options.get("width", 128), num_labels=options.get("num_labels", 3),
+            height=options.get("height", 96),
+            width=options.get("width", 128),
+            num_labels=options.get("num_labels", 3),
             cue=options.get("cue", "texture"),
         )
         train = SyntheticDataset(options.get("train_count", 64), seed=seed, **shape)

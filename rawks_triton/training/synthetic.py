@@ -27,7 +27,14 @@ RIM_FACTORS = (0.55, 1.5)  # the rim is the background behind the object, darken
 RIM_WIDTH = (6.0, 10.0)  # pixels
 STROKE_MARGIN = 8  # object strokes keep this far from the silhouette when the object is large enough
 CLASS_COLOURS = np.array(
-    [[0.55, 0.55, 0.50], [0.85, 0.35, 0.25], [0.25, 0.45, 0.85], [0.35, 0.75, 0.30], [0.80, 0.75, 0.25], [0.60, 0.30, 0.70]]
+    [
+        [0.55, 0.55, 0.50],
+        [0.85, 0.35, 0.25],
+        [0.25, 0.45, 0.85],
+        [0.35, 0.75, 0.30],
+        [0.80, 0.75, 0.25],
+        [0.60, 0.30, 0.70],
+    ]
 )
 
 
@@ -92,7 +99,9 @@ def _stroke(rng, region: np.ndarray, length: float):
     return points
 
 
-def synthetic_scene(seed: int, index: int, height: int = 96, width: int = 128, num_labels: int = 3, cue: str = "texture"):
+def synthetic_scene(
+    seed: int, index: int, height: int = 96, width: int = 128, num_labels: int = 3, cue: str = "texture"
+):
     """One scene: image [3, H, W] float32, dense truth [H, W] and scribbles [H, W] (int64 numpy).
 
     ``cue="shape"``: object class k is a shape (1 ellipse, 2 box, 3 triangle; at most 4
@@ -104,7 +113,11 @@ def synthetic_scene(seed: int, index: int, height: int = 96, width: int = 128, n
     # Background: a smooth colour gradient, faint texture-free blobs (edges that are not boundaries).
     base = CLASS_COLOURS[0] + rng.uniform(-0.12, 0.12, 3)
     slope = rng.uniform(-0.25, 0.25, (3, 2))
-    image = base[:, None, None] + slope[:, 0, None, None] * (yy / height - 0.5) + slope[:, 1, None, None] * (xx / width - 0.5)
+    image = (
+        base[:, None, None]
+        + slope[:, 0, None, None] * (yy / height - 0.5)
+        + slope[:, 1, None, None] * (xx / width - 0.5)
+    )
     for _ in range(rng.integers(1, 4)):
         blob = _shape_mask(rng, yy, xx, height, width)
         blob = ndimage.gaussian_filter(blob.astype(np.float64), 1.0)
@@ -172,7 +185,16 @@ class SyntheticDataset(ScribbleDataset):
     in_channels = 3
     has_masks = True
 
-    def __init__(self, count: int = 64, height: int = 96, width: int = 128, num_labels: int = 3, seed: int = 0, cue: str = "texture", cache: bool = True):
+    def __init__(
+        self,
+        count: int = 64,
+        height: int = 96,
+        width: int = 128,
+        num_labels: int = 3,
+        seed: int = 0,
+        cue: str = "texture",
+        cache: bool = True,
+    ):
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"`count` must be an int >= 1, got {count!r}")
         if cue not in CUES:
