@@ -50,8 +50,8 @@ REFERENCE = "scipy LU float64"
 
 def load_problems(checkpoint: str, root: str, scribble_set: str, every: int, scale: float):
     """[(name, B [1, 1, H, W] float32, seeds [1, H, W])] from the checkpoint's boundary network."""
-    from rawks_triton.training.data import GrabCutDataset
-    from rawks_triton.training.trainer import load_checkpoint, networks_from_checkpoint
+    from rawks_triton.training import GrabCutDataset
+    from rawks_triton.training import load_checkpoint, networks_from_checkpoint
 
     _, _, b_net, _ = networks_from_checkpoint(load_checkpoint(checkpoint), source=checkpoint)
     if b_net is None:
@@ -64,7 +64,7 @@ def load_problems(checkpoint: str, root: str, scribble_set: str, every: int, sca
             boundary = b_net(sample.image[None]).float()
         seeds = sample.scribbles[None]
         if scale != 1.0:
-            from rawks_triton.training.propagate import downsample_scribbles
+            from rawks_triton.training import downsample_scribbles
 
             size = (round(boundary.shape[-2] * scale), round(boundary.shape[-1] * scale))
             boundary = torch.nn.functional.adaptive_avg_pool2d(boundary, size)

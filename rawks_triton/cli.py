@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .propagation import MODELS
+from .options import MODELS
 from .training.config import TrainConfig, command_line_fields
 from .training.data.registry import DATASETS, parse_option_pairs
 from .training.networks import HAND_MADE_GAIN, HAND_MADE_THRESHOLD

@@ -26,14 +26,22 @@ LAYERS = [
     ["backends"],
     ["aot", "autograd", "options"],
     ["propagation"],
-    ["random_walker", "loss", "testing", "demo"],
-    ["training"],
+    ["random_walker", "loss", "testing"],
+    ["training", "demo"],
     ["cli"],
 ]
 
 
+def _is_module(name: str) -> bool:
+    path = PACKAGE.joinpath(*name.split(".")) if name else PACKAGE
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
 def _rank(module: str) -> int:
-    """The layer of ``rawks_triton.<module>`` (the longest listed prefix decides)."""
+    """The layer of ``rawks_triton.<module>`` (the longest listed prefix decides); the package
+    itself (``from rawks_triton import __version__``) imports every layer: the top one."""
+    if module == "":
+        return len(LAYERS) - 1
     best, rank = -1, None
     for level, names in enumerate(LAYERS):
         for name in names:
@@ -53,6 +61,8 @@ def _imports(path: pathlib.Path):
                 base = package_parts[: len(package_parts) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
                 names = [target] if node.module else [".".join(base + [alias.name]) for alias in node.names]
+                # `from . import name` imports a module, or an attribute of the package
+                names = [name if _is_module(name) else ".".join(base) for name in names]
             elif node.module and node.module.split(".")[0] == "rawks_triton":
                 names = [node.module.removeprefix("rawks_triton").lstrip(".")]
             else:

@@ -167,7 +167,7 @@ def test_mode_none_is_cg_j_as_in_skimage(rng):
 
 def test_cg_mg_mode_matches_skimage(rng):
     data, labels = random_problem(rng, 36, 40, 0, 3, False)
-    has_multigrid = "multigrid" in rt.propagation.PRECONDITIONERS
+    has_multigrid = "multigrid" in rt.options.PRECONDITIONERS
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rt.random_walker(data, labels, mode="cg_mg")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import _checks
 from ..loss import DEFAULT_ALPHA
-from ..propagation import MODELS
+from ..options import MODELS
 from .data.registry import DATASETS, parse_options
 from .networks import ARCHS
 from .propagate import PropagationSettings
