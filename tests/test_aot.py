@@ -25,20 +25,23 @@ def test_every_kernel_compiles_for_sm80_and_sm90():
     assert "0 failed" in lines[-1]
 
 
-def test_a_kernel_that_does_not_compile_is_reported_and_fails():
+def test_a_kernel_that_does_not_compile_is_reported_and_fails(tmp_path):
     """The command must fail (exit 1, a FAILED line) on a kernel that only the interpreter accepts."""
-    code = (
-        "import sys, triton, triton.language as tl\n"
-        "from rawks_triton import aot\n"
+    module = tmp_path / "broken_kernel.py"
+    module.write_text(
+        "import triton, triton.language as tl\n"
         "from rawks_triton.backends.triton.specs import KernelSpec\n"
         "@triton.jit\n"
         "def broken(x_ptr, n):\n"
         "    offs = tl.arange(0, n)\n"  # a non-constexpr shape
         "    tl.store(x_ptr + offs, offs)\n"
-        "spec = KernelSpec('broken', broken, {'x_ptr': '*fp32', 'n': 'i32'})\n"
-        "sys.exit(aot.run(targets=(('cuda', 90, 32),), specs=[spec]))\n"
+        "SPEC = KernelSpec('broken', broken, {'x_ptr': '*fp32', 'n': 'i32'})\n"
     )
-    env = dict(os.environ, TRITON_INTERPRET="0")
+    code = (
+        "import sys; from rawks_triton import aot; from broken_kernel import SPEC; "
+        'sys.exit(aot.run(targets=(("cuda", 90, 32),), specs=[SPEC]))'
+    )
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED broken sm_90" in proc.stdout
