@@ -54,7 +54,7 @@ DATA_SEED = 0
 
 
 def vector_passes(jacobi: bool) -> int:
-    """Vector passes ([S, H, W], each element read or written once) per CG iteration.
+    """Vector passes (each element of a system's vector read or written once) per CG iteration.
 
     Launch 1 reads r (or z) and p_old, writes p_new and A p: 4. Launch 2 reads x, r, p and
     A p, writes x and r: 6. Another preconditioner adds its own traffic (not counted) and
@@ -133,14 +133,17 @@ def compare_backends(model, dtype, size, preconditioner, device, batch=2, labels
         warnings.simplefilter("ignore", rt.ConvergenceWarning)  # reported in the row instead
         for backend in ("triton", "torch"):
             leaves[backend] = boundary.clone().requires_grad_(True)
-            results[backend] = rt.propagate(leaves[backend], seeds, labels, model=model, backend=backend, rtol=rtol,
-                                            preconditioner=preconditioner)
+            results[backend] = rt.propagate(
+                leaves[backend], seeds, labels, model=model, backend=backend, rtol=rtol, preconditioner=preconditioner
+            )
         tri, ref = results["triton"], results["torch"]
         # Pixels whose reachability rounding cannot flip: S at least 10 tau, or below tau / 10,
         # in both solves. The loss ignores the others (there P jumps between its two definitions).
         tau = rt.reach_threshold(model, dtype)
         S = {k: r.Z.detach().sum(1) for k, r in results.items()}
-        settled = ((S["triton"] >= 10 * tau) & (S["torch"] >= 10 * tau)) | ((S["triton"] <= tau / 10) & (S["torch"] <= tau / 10))
+        settled = ((S["triton"] >= 10 * tau) & (S["torch"] >= 10 * tau)) | (
+            (S["triton"] <= tau / 10) & (S["torch"] <= tau / 10)
+        )
         weights = loss_weights(tuple(tri.P.shape), dtype, device, model, str(dtype), size, preconditioner)
         weights = weights * settled.unsqueeze(1)
         grads = {}
@@ -161,11 +164,23 @@ def compare_backends(model, dtype, size, preconditioner, device, batch=2, labels
     status_ok = converged(tri) or not converged(ref)
     ok = finite and status_ok and reach_mismatch == 0 and p_diff <= p_tol and g_diff <= g_tol
     return dict(
-        model=model, dtype=str(dtype).replace("torch.", ""), size=size, preconditioner=preconditioner, rtol=rtol,
-        p_diff=p_diff, p_tol=p_tol, grad_rel_diff=g_diff, grad_tol=g_tol, reach_mismatch=reach_mismatch,
-        error=float(max(acc_tri, acc_ref)), converged=converged(tri), torch_converged=converged(ref),
-        iterations=int(tri.iterations.max()), torch_iterations=int(ref.iterations.max()),
-        adjoint_iterations=int(tri.adjoint_iterations.max()), torch_adjoint_iterations=int(ref.adjoint_iterations.max()),
+        model=model,
+        dtype=str(dtype).replace("torch.", ""),
+        size=size,
+        preconditioner=preconditioner,
+        rtol=rtol,
+        p_diff=p_diff,
+        p_tol=p_tol,
+        grad_rel_diff=g_diff,
+        grad_tol=g_tol,
+        reach_mismatch=reach_mismatch,
+        error=float(max(acc_tri, acc_ref)),
+        converged=converged(tri),
+        torch_converged=converged(ref),
+        iterations=int(tri.iterations.max()),
+        torch_iterations=int(ref.iterations.max()),
+        adjoint_iterations=int(tri.adjoint_iterations.max()),
+        torch_adjoint_iterations=int(ref.adjoint_iterations.max()),
         ok=ok,
     )
 
@@ -177,10 +192,12 @@ def check_correctness(sizes, models, device, log, preconditioners=("multigrid", 
             for preconditioner in preconditioners:
                 for size in sizes:
                     row = compare_backends(model, dtype, size, preconditioner, device)
-                    log(f"  {model:5} {row['dtype']:7} {preconditioner:9} {size:5}  max|dP| {row['p_diff']:.1e} "
+                    log(
+                        f"  {model:5} {row['dtype']:7} {preconditioner:9} {size:5}  max|dP| {row['p_diff']:.1e} "
                         f"(tol {row['p_tol']:.1e})  grad rel {row['grad_rel_diff']:.1e} (tol {row['grad_tol']:.1e})  "
                         f"iters {row['iterations']}/{row['torch_iterations']}  "
-                        f"{'converged' if row['converged'] else 'NOT converged'}  {'ok' if row['ok'] else 'MISMATCH'}")
+                        f"{'converged' if row['converged'] else 'NOT converged'}  {'ok' if row['ok'] else 'MISMATCH'}"
+                    )
                     rows.append(row)
     return rows
 
@@ -209,27 +226,41 @@ def time_solves(size, batch, labels, models, device, measure, preconditioners, l
                     result = rt.propagate(b, seeds, labels, **kw)
                     (result.P * weights).sum().backward()  # a loss whose adjoint is not trivial (sum_l P = 1)
 
-                    def forward():
+                    def forward(boundary=boundary, seeds=seeds, kw=kw):
                         return rt.propagate(boundary, seeds, labels, **kw)
 
-                    def forward_backward():
+                    def forward_backward(b=b, seeds=seeds, kw=kw, weights=weights):
                         (rt.propagate(b, seeds, labels, **kw).P * weights).sum().backward()
 
                     fwd, fwd_bwd = measure(forward), measure(forward_backward)
                 # Bytes of the triton kernels' CG passes (docs/kernels.md) times the forward
                 # iterations of every system; the torch backend moves other (more) traffic.
+                # The kernels move the framed range [lo, hi) of every vector: h (w + 2) - 2 positions.
                 iterations = int(result.iterations.sum())
-                per_iteration = bytes_per_iteration(1, size * size, torch.float32, preconditioner == "jacobi")
+                span = size * (size + 2) - 2
+                per_iteration = bytes_per_iteration(1, span, torch.float32, preconditioner == "jacobi")
                 gbps = per_iteration * iterations / (fwd[0] * 1e-3) / 1e9 if backend == "triton" else None
-                row = dict(model=model, backend=backend, preconditioner=preconditioner, size=size, batch=batch,
-                           labels=labels, forward_ms=fwd, forward_backward_ms=fwd_bwd,
-                           max_iterations=int(result.iterations.max()),
-                           max_adjoint_iterations=int(result.adjoint_iterations.max()),
-                           systems=int(result.iterations.numel()), converged=converged(result), gbps=gbps)
-                log(f"  {model:5} {backend:6} {preconditioner:9} fwd {fwd[0]:8.2f} ms  fwd+bwd {fwd_bwd[0]:8.2f} ms  "
+                row = dict(
+                    model=model,
+                    backend=backend,
+                    preconditioner=preconditioner,
+                    size=size,
+                    batch=batch,
+                    labels=labels,
+                    forward_ms=fwd,
+                    forward_backward_ms=fwd_bwd,
+                    max_iterations=int(result.iterations.max()),
+                    max_adjoint_iterations=int(result.adjoint_iterations.max()),
+                    systems=int(result.iterations.numel()),
+                    converged=converged(result),
+                    gbps=gbps,
+                )
+                log(
+                    f"  {model:5} {backend:6} {preconditioner:9} fwd {fwd[0]:8.2f} ms  fwd+bwd {fwd_bwd[0]:8.2f} ms  "
                     f"iters {row['max_iterations']}/{row['max_adjoint_iterations']}  "
                     + (f"{gbps:.0f} GB/s" if gbps is not None else "")
-                    + ("" if row["converged"] else "  NOT converged"))
+                    + ("" if row["converged"] else "  NOT converged")
+                )
                 rows.append(row)
     return rows
 
@@ -237,23 +268,33 @@ def time_solves(size, batch, labels, models, device, measure, preconditioners, l
 def tables(check_rows, time_rows, copy_gbps, info) -> str:
     lines = [f"Device: {info['device']}; {info['date']}; torch {info['torch']}, triton {info['triton']}.", ""]
     rtols = " / ".join(f"{rtol:g} {str(dtype).replace('torch.', '')}" for dtype, rtol in CHECK_RTOL.items())
-    lines += [f"Correctness, triton against torch on the same device (2 images, 3 labels, seeded data and loss, "
-              f"rtol {rtols}). Tolerances: {P_FACTOR:g} (P) and {GRAD_FACTOR:g} (gradient, relative to its largest "
-              f"entry) times the sum of both solves' accuracies, max(rtol, certified error estimate):", "",
-              "| model | dtype | preconditioner | size | max abs dP | tol | grad rel diff | tol | worst estimate | "
-              "iterations triton/torch (fwd, adjoint) | converged | ok |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines += [
+        f"Correctness, triton against torch on the same device (2 images, 3 labels, seeded data and loss, "
+        f"rtol {rtols}). Tolerances: {P_FACTOR:g} (P) and {GRAD_FACTOR:g} (gradient, relative to its largest "
+        f"entry) times the sum of both solves' accuracies, max(rtol, certified error estimate):",
+        "",
+        "| model | dtype | preconditioner | size | max abs dP | tol | grad rel diff | tol | worst estimate | "
+        "iterations triton/torch (fwd, adjoint) | converged | ok |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for r in check_rows:
-        lines.append(f"| {r['model']} | {r['dtype']} | {r['preconditioner']} | {r['size']} | {r['p_diff']:.1e} | "
-                     f"{r['p_tol']:.1e} | {r['grad_rel_diff']:.1e} | {r['grad_tol']:.1e} | {r['error']:.1e} | "
-                     f"{r['iterations']}/{r['torch_iterations']}, {r['adjoint_iterations']}/{r['torch_adjoint_iterations']} | "
-                     f"{'yes' if r['converged'] else 'no'} | {'yes' if r['ok'] else 'NO'} |")
-    lines += ["", f"Timings ({info['timer']}, median [20%, 80%] ms), float32, rtol {BENCH_RTOL:g}, a random "
-              f"linear loss; device-to-device copy: {copy_gbps:.0f} GB/s in the same run. CG GB/s: the triton kernels' "
-              "CG passes (docs/kernels.md) over the forward time, a lower bound (the multigrid cycle, host checks and "
-              "certifications are not counted).", "",
-              "| model | preconditioner | backend | size | batch x labels | forward ms | fwd+bwd ms | max iterations (fwd, adjoint) | converged | CG GB/s | % of copy | speed-up fwd+bwd vs torch |",
-              "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|"]
+        lines.append(
+            f"| {r['model']} | {r['dtype']} | {r['preconditioner']} | {r['size']} | {r['p_diff']:.1e} | "
+            f"{r['p_tol']:.1e} | {r['grad_rel_diff']:.1e} | {r['grad_tol']:.1e} | {r['error']:.1e} | "
+            f"{r['iterations']}/{r['torch_iterations']}, {r['adjoint_iterations']}/{r['torch_adjoint_iterations']} | "
+            f"{'yes' if r['converged'] else 'no'} | {'yes' if r['ok'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        f"Timings ({info['timer']}, median [20%, 80%] ms), float32, rtol {BENCH_RTOL:g}, a random "
+        f"linear loss; device-to-device copy: {copy_gbps:.0f} GB/s in the same run. CG GB/s: the triton kernels' "
+        "CG passes (docs/kernels.md) over the forward time, a lower bound (the multigrid cycle, host checks and "
+        "certifications are not counted).",
+        "",
+        "| model | preconditioner | backend | size | batch x labels | forward ms | fwd+bwd ms | "
+        "max iterations (fwd, adjoint) | converged | CG GB/s | % of copy | speed-up fwd+bwd vs torch |",
+        "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
     base = {(r["model"], r["preconditioner"]): r for r in time_rows if r["backend"] == "torch"}
     for r in time_rows:
         ref = base.get((r["model"], r["preconditioner"]))
@@ -261,10 +302,12 @@ def tables(check_rows, time_rows, copy_gbps, info) -> str:
         f, fb = r["forward_ms"], r["forward_backward_ms"]
         gbps = "-" if r["gbps"] is None else f"{r['gbps']:.0f}"
         share = "-" if r["gbps"] is None else f"{100 * r['gbps'] / copy_gbps:.0f}%"
-        lines.append(f"| {r['model']} | {r['preconditioner']} | {r['backend']} | {r['size']} | {r['batch']} x {r['labels']} | "
-                     f"{f[0]:.2f} [{f[1]:.2f}, {f[2]:.2f}] | {fb[0]:.2f} [{fb[1]:.2f}, {fb[2]:.2f}] | "
-                     f"{r['max_iterations']}, {r['max_adjoint_iterations']} | {'yes' if r['converged'] else 'no'} | "
-                     f"{gbps} | {share} | {speedup} |")
+        lines.append(
+            f"| {r['model']} | {r['preconditioner']} | {r['backend']} | {r['size']} | {r['batch']} x {r['labels']} | "
+            f"{f[0]:.2f} [{f[1]:.2f}, {f[2]:.2f}] | {fb[0]:.2f} [{fb[1]:.2f}, {fb[2]:.2f}] | "
+            f"{r['max_iterations']}, {r['max_adjoint_iterations']} | {'yes' if r['converged'] else 'no'} | "
+            f"{gbps} | {share} | {speedup} |"
+        )
     return "\n".join(lines)
 
 
@@ -275,7 +318,9 @@ def main(argv=None) -> int:
     parser.add_argument("--bench-size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--labels", type=int, default=3)
-    parser.add_argument("--preconditioners", nargs="+", default=["multigrid", "jacobi"], choices=["multigrid", "jacobi"])
+    parser.add_argument(
+        "--preconditioners", nargs="+", default=["multigrid", "jacobi"], choices=["multigrid", "jacobi"]
+    )
     parser.add_argument("--models", nargs="+", default=["rawks", "grady"], choices=["rawks", "grady"])
     parser.add_argument("--cpu-repeats", type=int, default=3, help="timed calls per measurement without CUDA")
     parser.add_argument("--write-docs", metavar="PATH", help="write the tables between <!-- gpu-check --> markers")
@@ -291,9 +336,15 @@ def main(argv=None) -> int:
     if not triton_available(device):
         print(f"triton cannot run on {device}: use a CUDA device, or --device cpu with TRITON_INTERPRET=1 (smoke test)")
         return 2
-    info = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor()}), Triton interpreter",
-                date=datetime.date.today().isoformat(), torch=torch.__version__, triton=triton.__version__,
-                timer="`triton.testing.do_bench`" if device.type == "cuda" else "wall clock")
+    info = dict(
+        device=torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor()}), Triton interpreter",
+        date=datetime.date.today().isoformat(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        timer="`triton.testing.do_bench`" if device.type == "cuda" else "wall clock",
+    )
     log = print
     log(f"{info['device']}  {info['date']}")
     log("correctness:")
@@ -302,7 +353,9 @@ def main(argv=None) -> int:
     copy_gbps = copy_bandwidth(device, measure, nbytes=(1 << 30) if device.type == "cuda" else (1 << 22))
     log(f"device-to-device copy: {copy_gbps:.0f} GB/s")
     log("timings:")
-    time_rows = time_solves(args.bench_size, args.batch, args.labels, args.models, device, measure, args.preconditioners, log)
+    time_rows = time_solves(
+        args.bench_size, args.batch, args.labels, args.models, device, measure, args.preconditioners, log
+    )
     text = tables(check_rows, time_rows, copy_gbps, info)
     print()
     print(text)

@@ -6,79 +6,21 @@ triton wheel, prints a table (kernel, target, registers, spills, shared memory, 
 bytes) and exits non-zero if any compilation fails. The interpreter forgives dtype mixing
 and non-constexpr shapes; this is the check that the kernels really compile.
 
-Each launcher module lists its kernels through a module-level ``aot_specs()`` returning
-:class:`KernelSpec` entries; :data:`LAUNCHER_MODULES` names those modules.
+The list of what to compile is :func:`rawks_triton.backends.triton.specs.kernel_specs`;
+it is imported when the command runs, after ``TRITON_INTERPRET`` is settled (an
+interpreted kernel cannot be compiled).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
-from dataclasses import dataclass, field
 
 TARGETS = (("cuda", 80, 32), ("cuda", 90, 32))
-LAUNCHER_MODULES = ("rawks_triton.backends.triton_cg", "rawks_triton.backends.triton_multigrid")
 
 
-@dataclass(frozen=True)
-class KernelSpec:
-    """One compilation: a ``@triton.jit`` function with its full signature.
-
-    ``signature`` maps every argument name to a Triton type string ("*fp32", "*fp64",
-    "*i32", "i32", "i64", "fp32", ...) or to "constexpr"; ``constexprs`` gives the value of
-    every "constexpr" argument. ``name`` is what the table prints.
-    """
-
-    name: str
-    fn: object
-    signature: dict
-    constexprs: dict = field(default_factory=dict)
-    num_warps: int = 4
-    num_stages: int = 3
-
-
-INDEX_POINTERS = ("image_index_ptr", "first_system_ptr")  # int64 tensors
-FLAG_POINTERS = ("active_cur_ptr", "active_next_ptr", "active_ptr", "iterations_ptr")  # int32 tensors
-
-
-def kernel_spec(name: str, fn, dtype: str, constexprs: dict, num_warps: int = 4, **types) -> KernelSpec:
-    """A spec by the naming rules of rawks_triton.kernels: ``*_ptr`` arguments point to ``dtype``
-    ("fp32"/"fp64") unless they are index or flag pointers, other non-constexpr arguments are
-    i32 sizes; ``types`` overrides single arguments."""
-    signature = {}
-    for arg in fn.arg_names:
-        if arg in constexprs:
-            signature[arg] = "constexpr"
-        elif arg in types:
-            signature[arg] = types[arg]
-        elif arg in INDEX_POINTERS:
-            signature[arg] = "*i64"
-        elif arg in FLAG_POINTERS:
-            signature[arg] = "*i32"
-        elif arg.endswith("_ptr"):
-            signature[arg] = f"*{dtype}"
-        else:
-            signature[arg] = "i32"
-    label = ",".join([dtype] + [f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in constexprs.items()])
-    return KernelSpec(f"{name}[{label}]", fn, signature, dict(constexprs), num_warps)
-
-
-def collect_specs(modules=LAUNCHER_MODULES) -> list[KernelSpec]:
-    specs = []
-    for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # a launcher module that does not exist (yet) has no kernels
-                continue
-            raise
-        specs.extend(module.aot_specs())
-    return specs
-
-
-def compile_spec(spec: KernelSpec, target: tuple):
+def compile_spec(spec, target: tuple):
     """Compile one spec for one (backend, arch, warp_size) target; returns the compiled kernel."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -109,8 +51,10 @@ def resource_usage(cubin: bytes) -> dict:
         f.flush()
         text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, timeout=60).stdout
     fields = dict(re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text))
-    return {"registers": int(fields["REG"]) if "REG" in fields else None,
-            "local": int(fields["LOCAL"]) if "LOCAL" in fields else None}
+    return {
+        "registers": int(fields["REG"]) if "REG" in fields else None,
+        "local": int(fields["LOCAL"]) if "LOCAL" in fields else None,
+    }
 
 
 def _metadata(compiled) -> dict:
@@ -124,8 +68,12 @@ def _metadata(compiled) -> dict:
     }
 
 
-def run(targets=TARGETS, modules=LAUNCHER_MODULES, out=sys.stdout) -> int:
-    specs = collect_specs(modules)
+def run(targets=TARGETS, specs=None, out=sys.stdout) -> int:
+    """Compile ``specs`` (default: every kernel of the triton backend) for ``targets``; 1 on any failure."""
+    if specs is None:
+        from .backends.triton.specs import kernel_specs
+
+        specs = kernel_specs()
     if not specs:
         print("no kernels found", file=out)
         return 1
@@ -159,7 +107,9 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         # Interpreted kernels cannot be compiled; this command always compiles.
         if any(m.startswith("rawks_triton.kernels") for m in sys.modules):
-            raise SystemExit("rawks_triton.aot: the kernels were imported under TRITON_INTERPRET=1; run it in a fresh process")
+            raise SystemExit(
+                "rawks_triton.aot: the kernels were imported under TRITON_INTERPRET=1; run it in a fresh process"
+            )
         os.environ["TRITON_INTERPRET"] = "0"
     parser = argparse.ArgumentParser(prog="python -m rawks_triton.aot", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, action="append", choices=(80, 90), help="only these targets")

@@ -71,7 +71,7 @@ def test_device_mismatch_and_unavailable_triton(monkeypatch):
         rt.propagate(B(), meta, 3)
     # Import the kernels first: creating them while the switch is 0 would compile them for a
     # GPU in every later test of the session.
-    pytest.importorskip("rawks_triton.backends.triton_cg")
+    pytest.importorskip("rawks_triton.backends.triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU tensors without the interpreter
     with pytest.raises(ValueError, match=r"`backend`='triton' needs CUDA tensors"):
         rt.propagate(B(), seeds(), 3, backend="triton")

@@ -1,6 +1,5 @@
 """bench/gpu_check.py cannot rot: its whole path runs on CPU tensors under the interpreter."""
 
-
 import pytest
 import torch
 
@@ -14,15 +13,35 @@ def test_gpu_check_runs_on_cpu_and_writes_its_table(tmp_path, capsys):
 
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n<!-- gpu-check:begin -->\nold\n<!-- gpu-check:end -->\n")
-    args = ["--device", "cpu", "--sizes", "6", "--bench-size", "6", "--batch", "1", "--labels", "2",
-            "--models", "rawks", "--preconditioners", "jacobi", "--cpu-repeats", "1", "--write-docs", str(doc)]
+    args = [
+        "--device",
+        "cpu",
+        "--sizes",
+        "6",
+        "--bench-size",
+        "6",
+        "--batch",
+        "1",
+        "--labels",
+        "2",
+        "--models",
+        "rawks",
+        "--preconditioners",
+        "jacobi",
+        "--cpu-repeats",
+        "1",
+        "--write-docs",
+        str(doc),
+    ]
     state = torch.get_rng_state()
     assert gpu_check.main(args) == 0
     # Every input comes from seeded generators: the global one is never drawn from, so what
     # earlier code left in it (or the entropy torch seeds it with at start-up) cannot matter.
     assert torch.equal(torch.get_rng_state(), state)
     text = doc.read_text()
-    assert "old" not in text and "| rawks | float64 | jacobi | 6 |" in text and "| rawks | jacobi | triton | 6 |" in text
+    assert (
+        "old" not in text and "| rawks | float64 | jacobi | 6 |" in text and "| rawks | jacobi | triton | 6 |" in text
+    )
     # float32 at rtol 1e-4: P within 5 (1e-4 + 1e-4) plus 100 eps of rounding
     assert "| rawks | float32 | jacobi | 6 | " in text and " | 1.0e-03 | " in text
     assert "MISMATCH" not in capsys.readouterr().out

@@ -86,7 +86,7 @@ def test_gradcheck_float64(rng, model):
 
 
 def _operator(rng, model, h, w):
-    from rawks_triton.backends.triton_cg import TritonOperator
+    from rawks_triton.backends.triton.operator import TritonOperator
     from rawks_triton.coefficients import grady_node_coefficients, rawks_coefficients
     from rawks_triton.systems import build_stencil, compact_labels
 
@@ -102,9 +102,10 @@ def test_matvec_is_the_assembled_operator_and_symmetric(rng, model):
     from rawks_triton.reference import assemble_matrix
 
     op, stencil, systems = _operator(rng, model, 7, 13)
+    frame = op.frame
     u = torch.randn(systems.num_systems, 7, 13, dtype=torch.float64, device=DEVICE)
     v = torch.randn_like(u)
-    Au, Av = op.matvec(u), op.matvec(v)
+    Au, Av = (frame.unframe(op.matvec(frame.frame(t))) for t in (u, v))
     assert_close((Au * v).sum(), (u * Av).sum(), atol=1e-10, rtol=1e-12, name="<Au, v> vs <u, Av>")
     for s in range(systems.num_systems):
         n = int(systems.image_index[s])
@@ -115,19 +116,19 @@ def test_matvec_is_the_assembled_operator_and_symmetric(rng, model):
 
 def test_a_general_preconditioner_gives_the_fused_jacobi_iterates(rng):
     """The hook used by multigrid: M r computed outside the CG kernels, r' z by its own launch."""
-    from rawks_triton.backends.triton_cg import TritonPCG
+    from rawks_triton.backends.triton.pcg import TritonPCG
     from rawks_triton.solve.options import SolverOptions
     from rawks_triton.solve.pcg import run_pcg
     from rawks_triton.solve.rules import ForwardRule
 
     op, stencil, systems = _operator(rng, "rawks", 7, 13)
     rhs = torch.randn(systems.num_systems, 7, 13, dtype=torch.float64, device=DEVICE).abs()
-    rhs *= systems.free_mask(torch.float64)
+    rhs = op.frame.frame(rhs * systems.free_mask(torch.float64))
     options = SolverOptions(rtol=1e-9, preconditioner="jacobi")
 
     class ObjectJacobi:
         def apply(self, r, out):
-            return torch.mul(stencil.inv_diag.index_select(0, systems.image_index), r, out=out)
+            return torch.mul(op.inv_diag.index_select(0, systems.image_index), r, out=out)
 
     runs = {}
     for name, pre in (("fused", None), ("hook", ObjectJacobi())):
@@ -163,7 +164,7 @@ def test_defined_results_no_seeds_all_seeded_and_non_contiguous(rng):
 
 
 def test_programs_per_system_fill_the_device_and_respect_the_limits():
-    from rawks_triton.backends.triton_cg import LAUNCH_CONFIGS, MAX_PARTIALS, num_partials
+    from rawks_triton.backends.triton.operator import LAUNCH_CONFIGS, MAX_PARTIALS, num_partials
 
     cfg = LAUNCH_CONFIGS[torch.float32]
     assert num_partials(1, 1, cfg, 132) == 1  # never more programs than blocks of pixels
@@ -171,3 +172,142 @@ def test_programs_per_system_fill_the_device_and_respect_the_limits():
     assert num_partials(128 * 128, 24, cfg, 132) == 16  # a small batch is spread over the SMs
     assert num_partials(128 * 128, 24, cfg, 0) == 4
     assert num_partials(4096 * 4096, 1, cfg, 132) == MAX_PARTIALS
+
+
+# ---- every kernel writes every position it owns ------------------------------------------------
+# Output buffers start as NaN (not zeros or torch.empty), so a position a kernel should write
+# and does not is caught. The CG kernels own the frame's [lo, hi): there every value is
+# finite and equals the plain-torch reference, exactly 0 on the border positions; outside it
+# nothing is written (the launchers allocate vectors with zeros).
+
+NAN_SIZES = [(7, 13), (1, 9), (6, 5)]
+NAN_IDS = [f"{h}x{w}" for h, w in NAN_SIZES]
+
+
+def _owned(frame):
+    """[size] bool: the positions [lo, hi) of the CG kernels."""
+    owned = torch.zeros(frame.size, dtype=torch.bool, device=DEVICE)
+    owned[frame.lo : frame.hi] = True
+    return owned
+
+
+def _is_pixel(frame):
+    return frame.frame(torch.ones(1, frame.height, frame.width, device=DEVICE)).view(-1) > 0
+
+
+def assert_owned(out, expected, frame, name, atol=1e-12):
+    """out ([B, size]) against the unframed reference ``expected`` ([B, h, w]): finite on
+    [lo, hi), equal to it on the pixels, exactly 0 on the border positions of [lo, hi),
+    untouched (NaN) outside."""
+    owned, pixel = _owned(frame), _is_pixel(frame)
+    assert torch.isfinite(out[:, owned]).all(), f"{name}: positions of [lo, hi) left unwritten"
+    assert_close(frame.unframe(out), expected, atol=atol, rtol=1e-12, name=name)
+    assert bool((out[:, owned & ~pixel] == 0).all()), f"{name}: border positions inside [lo, hi) are not 0"
+    assert bool(torch.isnan(out[:, ~owned]).all()), f"{name}: positions outside [lo, hi) were written"
+
+
+def _framed_random(op, systems, free_only=True):
+    t = torch.randn(systems.num_systems, op.frame.height, op.frame.width, dtype=torch.float64, device=DEVICE)
+    return op.frame.frame(t * systems.free_mask(torch.float64) if free_only else t)
+
+
+@pytest.mark.parametrize("h,w", NAN_SIZES, ids=NAN_IDS)
+def test_stencil_residual_writes_every_owned_position(rng, h, w):
+    from rawks_triton.systems import stencil_matvec
+
+    op, stencil, systems = _operator(rng, "grady", h, w)
+    frame, S = op.frame, systems.num_systems
+    x, b = _framed_random(op, systems), _framed_random(op, systems)
+    Ax = stencil_matvec(stencil, systems.image_index, frame.unframe(x))
+    nan = lambda *shape: torch.full(shape, float("nan"), dtype=torch.float64, device=DEVICE)  # noqa: E731
+    out = op.residual(None, x, nan(S, frame.size))
+    assert_owned(out, Ax, frame, "A x")
+    rz_part, rr_part = nan(S, op.T), nan(S, op.T)
+    out = op.residual(b, x, nan(S, frame.size), rz_part, rr_part)
+    r = frame.unframe(b) - Ax
+    assert_owned(out, r, frame, "b - A x")
+    inv_diag = stencil.inv_diag.index_select(0, systems.image_index)
+    assert_close(rz_part.sum(1), (r * inv_diag * r).flatten(1).sum(1), atol=1e-12, rtol=1e-12, name="r' M r partials")
+    assert_close(rr_part.sum(1), (r * r).flatten(1).sum(1), atol=1e-12, rtol=1e-12, name="r' r partials")
+
+
+@pytest.mark.parametrize("jacobi", [True, False], ids=["fused-jacobi", "preconditioner"])
+@pytest.mark.parametrize("h,w", NAN_SIZES, ids=NAN_IDS)
+def test_cg_iteration_writes_every_owned_position(rng, h, w, jacobi):
+    """One iteration from x = 0 against its plain-torch formulas; p_new and A p start as NaN."""
+    from rawks_triton.backends.triton.pcg import TritonPCG
+    from rawks_triton.solve.options import SolverOptions
+    from rawks_triton.solve.rules import ForwardRule
+    from rawks_triton.systems import stencil_matvec
+
+    op, stencil, systems = _operator(rng, "rawks", h, w)
+    frame = op.frame
+    inv_diag = stencil.inv_diag.index_select(0, systems.image_index)
+
+    class ObjectJacobi:
+        def apply(self, r, out):
+            return torch.mul(op.inv_diag.index_select(0, systems.image_index), r, out=out)
+
+    b = _framed_random(op, systems).abs()
+    options = SolverOptions(rtol=1e-9, preconditioner="jacobi")
+    pcg = TritonPCG(op, b, ForwardRule(options, systems.groups), options, None if jacobi else ObjectJacobi())
+    p_new = pcg.p[1 - pcg.current]
+    p_new.fill_(float("nan"))
+    pcg.ap.fill_(float("nan"))
+    pcg.step()
+    rhs = frame.unframe(b)
+    p = inv_diag * rhs  # beta p_old = 0 at the first iteration
+    ap = stencil_matvec(stencil, systems.image_index, p)
+    alpha = (rhs * p).flatten(1).sum(1) / (p * ap).flatten(1).sum(1)
+    alpha = alpha.view(-1, 1, 1)
+    assert_owned(p_new, p, frame, "p_new")
+    assert_owned(pcg.ap, ap, frame, "A p")
+    for name, got, expected in (("x", pcg.x, alpha * p), ("r", pcg.r, rhs - alpha * ap)):
+        assert_close(frame.unframe(got), expected, atol=1e-12, rtol=1e-10, name=name)
+        assert torch.equal(got, frame.frame(frame.unframe(got))), f"{name}: the border is not exactly 0"
+
+
+@pytest.mark.parametrize("edges", [False, True], ids=["node", "edges"])
+@pytest.mark.parametrize("h,w", NAN_SIZES, ids=NAN_IDS)
+def test_coefficient_gradients_write_every_owned_position(rng, h, w, edges):
+    from rawks_triton.systems import coefficient_gradients
+
+    op, stencil, systems = _operator(rng, "grady", h, w)
+    frame = op.frame
+    adjoint, x = (frame.unframe(_framed_random(op, systems)) for _ in range(2))
+    Z = x + torch.rand_like(x)
+    n = stencil.shape[0]
+    out = tuple(torch.full((n, frame.size), float("nan"), dtype=torch.float64, device=DEVICE) for _ in range(3))
+    framed = [frame.frame(t) for t in (adjoint, x, Z)]
+    op.coefficient_gradients(*framed, systems.groups.first_system(), edges, out=out)
+    expected = coefficient_gradients(adjoint, x, Z, systems, edges)
+    for name, got, ref in zip(("d", "right", "down"), out, expected, strict=True):
+        if ref is None:
+            assert bool(torch.isnan(got).all()), f"dL/d{name} written without edges"
+        else:
+            assert_owned(got, ref, frame, f"dL/d{name}")
+
+
+@pytest.mark.parametrize("preconditioner", ["jacobi", "multigrid"])
+def test_the_border_of_every_vector_stays_zero(rng, preconditioner):
+    from rawks_triton.backends.triton.multigrid import multigrid_preconditioner
+    from rawks_triton.backends.triton.pcg import TritonPCG
+    from rawks_triton.solve.options import SolverOptions
+    from rawks_triton.solve.pcg import run_pcg
+    from rawks_triton.solve.rules import ForwardRule
+
+    op, stencil, systems = _operator(rng, "grady", 6, 5)
+    b = _framed_random(op, systems).abs()
+    options = SolverOptions(rtol=1e-9, preconditioner=preconditioner)
+    pre = (
+        None
+        if preconditioner == "jacobi"
+        else multigrid_preconditioner(stencil, systems.image_index, framed=op.coefficients)
+    )
+    pcg = TritonPCG(op, b, ForwardRule(options, systems.groups), options, pre)
+    run_pcg(pcg, 200, 4)
+    assert bool(pcg.final_converged.all())
+    border = ~_is_pixel(op.frame)
+    for name in ("x", "r", "ap", "z"):
+        assert bool((getattr(pcg, name)[:, border] == 0).all()), f"{name}: nonzero border"
+    assert all(bool((p[:, border] == 0).all()) for p in pcg.p), "p: nonzero border"

@@ -24,7 +24,7 @@ def get_backend(name: str):
 
         return TorchBackend
     if name == "triton":
-        from .triton_cg import TritonBackend
+        from .triton import TritonBackend
 
         return TritonBackend
     raise ValueError(f"`backend` must be one of {list(BACKENDS)}, got {name!r}")

@@ -1,9 +1,11 @@
-"""The Triton kernels of rawks_triton. They compute and assume checked, contiguous input;
-the launchers in :mod:`rawks_triton.backends.triton_cg` own shapes, allocation and grids."""
+"""The Triton kernels of rawks_triton. They compute and assume checked, contiguous, framed
+input (:mod:`rawks_triton.kernels.stencil` gives the layout); the launchers in
+:mod:`rawks_triton.backends.triton` own shapes, allocation and grids."""
 
 from .cg import cg_direction_matvec_kernel, cg_update_kernel, dot_partials_kernel
 from .gradients import coefficient_gradients_kernel
-from .stencil import MAX_PARTIALS, stencil_residual_kernel
+from .multigrid import mg_jacobi_kernel, mg_prolong_kernel, mg_residual_kernel, mg_restrict_kernel
+from .stencil import MAX_PARTIALS, load_5point, stencil_product, stencil_residual_kernel
 
 __all__ = [
     "MAX_PARTIALS",
@@ -11,5 +13,11 @@ __all__ = [
     "cg_update_kernel",
     "coefficient_gradients_kernel",
     "dot_partials_kernel",
+    "load_5point",
+    "mg_jacobi_kernel",
+    "mg_prolong_kernel",
+    "mg_residual_kernel",
+    "mg_restrict_kernel",
+    "stencil_product",
     "stencil_residual_kernel",
 ]

@@ -1,18 +1,26 @@
-"""Triton kernels: the 5-point stencil operator A = diag(d) - W on a batch of systems.
+"""Triton kernels: the 5-point stencil operator A = diag(d) - W on a batch of framed systems.
 
-Layout shared by every kernel in this package:
+The framed layout (:class:`rawks_triton.solve.layout.Frame`), shared by every kernel here:
 
-* vectors are contiguous [S, H, W] (one (image, label) system per leading index),
-  addressed as ``s * HW + i`` with i the flat pixel index, offsets in int64;
-* coefficients are contiguous [N, H, W] per image, addressed as ``n * HW + i`` with
-  n = image_index[s], so the labels of an image share one copy;
-* ``right[i]`` is the weight of edge (i, i+1) and is 0 in the last column, ``down[i]``
-  the weight of edge (i, i+W) and is 0 in the last row. With those zeros, the flat
-  neighbours i +- 1 that wrap to another row contribute 0 * finite = 0, so no column
-  index is needed; only the ends of the flat range are masked.
-* the per-system work is split into T programs, program t owning a contiguous chunk of
-  pixels; partial sums of the reductions are written per (system, program) as [S, T]
-  and reduced by the next kernel with a tree sum over T (T <= MAX_PARTIALS).
+* an h x w grid is stored with a one-pixel zero border and flattened: ``size`` =
+  (h + 2)(w + 2) numbers, ``row`` = w + 2 between vertically adjacent pixels; the four
+  neighbours of flat position k are k -+ 1 and k -+ row;
+* vectors are contiguous [S, size], system s at ``s * size`` (int64 offsets); coefficients
+  are contiguous [N, size] per image, system s reads row ``image_index[s]``, so the labels
+  of an image share one copy;
+* ``diag``, ``right``, ``down`` and ``inv_diag`` are 0 on the border, ``right[k]`` (edge
+  k, k + 1) is 0 in the last column and ``down[k]`` (edge k, k + row) in the last row;
+* the kernels of the CG work on the flat range [lo, hi) = [row + 1, size - row - 1) from the
+  first to the last pixel. Every neighbour of a position in it lies inside the frame, so the
+  neighbour loads need no masks but the range bound; the border positions inside the
+  range have zero coefficients and zero values, so A keeps them 0. The positions outside
+  it (the top and bottom border rows and one position beside each) are never written and
+  are read only as neighbours, with zero weight: launchers allocate vectors with zeros, so
+  they stay 0 (a NaN there would spread). Blocks start at multiples of BLOCK from position
+  0 and are masked to [lo, hi);
+* the per-system range [0, hi) is split into T programs, program t owning a contiguous chunk;
+  partial sums of the reductions are written per (system, program) as [S, T] and reduced
+  by the next kernel with a tree sum over T (T <= MAX_PARTIALS).
 """
 
 import triton
@@ -22,66 +30,96 @@ MAX_PARTIALS = 256
 
 
 @triton.jit
-def chunk_bounds(t, HW, T, BLOCK: tl.constexpr):
-    """The pixel range [lo, hi) of program t, a multiple of BLOCK long."""
-    chunk = tl.cdiv(tl.cdiv(HW, T), BLOCK) * BLOCK
-    lo = t * chunk
-    hi = tl.minimum(lo + chunk, HW)
-    return lo, hi
+def chunk_bounds(t, hi, T, BLOCK: tl.constexpr):
+    """The range [start, stop) of program t in [0, hi), a multiple of BLOCK long; the loops
+    mask it to [lo, hi). Blocks start at multiples of BLOCK: with a runtime first position
+    the address arithmetic of every element is a 64-bit add (1.6 times the registers)."""
+    chunk = tl.cdiv(tl.cdiv(hi, T), BLOCK) * BLOCK
+    start = t * chunk
+    return start, tl.minimum(start + chunk, hi)
 
 
 @triton.jit
-def stencil_weights(diag_ptr, right_ptr, down_ptr, c_base, offs, mask, HW, W):
-    """d_i and the weights of the edges to the right, left, down and up neighbours of i."""
-    d = tl.load(diag_ptr + c_base + offs, mask=mask, other=0.0)
-    w_right = tl.load(right_ptr + c_base + offs, mask=mask, other=0.0)
-    w_left = tl.load(right_ptr + c_base + offs - 1, mask=mask & (offs >= 1), other=0.0)
-    w_down = tl.load(down_ptr + c_base + offs, mask=mask, other=0.0)
-    w_up = tl.load(down_ptr + c_base + offs - W, mask=mask & (offs >= W), other=0.0)
-    return d, w_right, w_left, w_down, w_up
+def load_5point(ptr, base, offs, mask, row):
+    """The values at ``offs`` and at its right, left, down and up neighbours, each [BLOCK].
+
+    ``offs`` lies in the frame's [lo, hi) wherever ``mask`` holds, so every neighbour is
+    inside the frame: the one mask is the range bound.
+    """
+    p_centre = ptr + base + offs
+    b_centre = tl.load(p_centre, mask=mask, other=0.0)
+    b_right = tl.load(p_centre + 1, mask=mask, other=0.0)
+    b_left = tl.load(p_centre - 1, mask=mask, other=0.0)
+    b_down = tl.load(p_centre + row, mask=mask, other=0.0)
+    b_up = tl.load(p_centre - row, mask=mask, other=0.0)
+    return b_centre, b_right, b_left, b_down, b_up
 
 
+@triton.jit
+def stencil_product(diag_ptr, right_ptr, down_ptr, c_base, offs, mask, row, u, u_right, u_left, u_down, u_up):
+    """(A u) at ``offs``: d u minus the four edge weights times the neighbour values [BLOCK].
+
+    The weight of the edge to the left neighbour is ``right`` there, that of the edge to
+    the upper one ``down`` there; on the border all of them are 0.
+    """
+    p_right = right_ptr + c_base + offs
+    p_down = down_ptr + c_base + offs
+    b_d = tl.load(diag_ptr + c_base + offs, mask=mask, other=0.0)
+    b_wr = tl.load(p_right, mask=mask, other=0.0)
+    b_wl = tl.load(p_right - 1, mask=mask, other=0.0)
+    b_wd = tl.load(p_down, mask=mask, other=0.0)
+    b_wu = tl.load(p_down - row, mask=mask, other=0.0)
+    return b_d * u - (b_wr * u_right + b_wl * u_left + b_wd * u_down + b_wu * u_up)
+
+
+@triton.jit
+def store_partials(rz_part_ptr, rr_part_ptr, k, acc_rz, acc_rr, WITH_RZ: tl.constexpr):
+    """The partials of r' M r (when WITH_RZ) and r' r of one (system, program) at [S, T] index k."""
+    if WITH_RZ:
+        tl.store(rz_part_ptr + k, tl.sum(acc_rz, axis=0))
+    tl.store(rr_part_ptr + k, tl.sum(acc_rr, axis=0))
+
+
+@triton.jit
+def system_of_program(image_index_ptr, size):
+    """System s of this program, its chunk t, and the int64 bases of its vector and coefficients."""
+    s = tl.program_id(0).to(tl.int64)
+    n = tl.load(image_index_ptr + s).to(tl.int64)
+    return s, tl.program_id(1), s * size, n * size
+
+
+# fmt: off
 @triton.jit
 def stencil_residual_kernel(
-    b_ptr, x_ptr, out_ptr,  # [S, HW]
-    diag_ptr, right_ptr, down_ptr, inv_diag_ptr,  # [N, HW]
+    b_ptr, x_ptr, out_ptr,  # [S, size]
+    diag_ptr, right_ptr, down_ptr, inv_diag_ptr,  # [N, size]
     image_index_ptr,  # [S]
     rz_part_ptr, rr_part_ptr,  # [S, T]
-    HW, W, T,
+    size, row, lo, hi, T,
     HAS_B: tl.constexpr,
     REDUCE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """out = b - A x (HAS_B) or out = A x; with REDUCE, the partial sums of out M out and out out.
+    """out = b - A x (HAS_B) or out = A x on [lo, hi); with REDUCE, the partials of out' M out and out' out.
 
     Starts and restarts CG (r = b - A x, with the Jacobi products r' M r and r' r), and is
-    the plain matrix-vector product used by tests.
+    the plain matrix-vector product.
     """
-    s = tl.program_id(0).to(tl.int64)
-    t = tl.program_id(1)
-    n = tl.load(image_index_ptr + s).to(tl.int64)
-    v_base = s * HW
-    c_base = n * HW
-    lo, hi = chunk_bounds(t, HW, T, BLOCK)
     acc_rz = tl.zeros([BLOCK], dtype=out_ptr.dtype.element_ty)
     acc_rr = tl.zeros([BLOCK], dtype=out_ptr.dtype.element_ty)
-    for start in range(lo, hi, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        m = offs < hi
-        d, w_right, w_left, w_down, w_up = stencil_weights(diag_ptr, right_ptr, down_ptr, c_base, offs, m, HW, W)
-        x = tl.load(x_ptr + v_base + offs, mask=m, other=0.0)
-        x_right = tl.load(x_ptr + v_base + offs + 1, mask=m & (offs + 1 < HW), other=0.0)
-        x_left = tl.load(x_ptr + v_base + offs - 1, mask=m & (offs >= 1), other=0.0)
-        x_down = tl.load(x_ptr + v_base + offs + W, mask=m & (offs + W < HW), other=0.0)
-        x_up = tl.load(x_ptr + v_base + offs - W, mask=m & (offs >= W), other=0.0)
-        y = d * x - (w_right * x_right + w_left * x_left + w_down * x_down + w_up * x_up)
+    s, t, v_base, c_base = system_of_program(image_index_ptr, size)
+    start, stop = chunk_bounds(t, hi, T, BLOCK)
+    for first in range(start, stop, BLOCK):
+        offs = first + tl.arange(0, BLOCK)
+        m = (offs >= lo) & (offs < stop)
+        x, x_right, x_left, x_down, x_up = load_5point(x_ptr, v_base, offs, m, row)
+        y = stencil_product(diag_ptr, right_ptr, down_ptr, c_base, offs, m, row, x, x_right, x_left, x_down, x_up)
         if HAS_B:
             y = tl.load(b_ptr + v_base + offs, mask=m, other=0.0) - y
         tl.store(out_ptr + v_base + offs, y, mask=m)
         if REDUCE:
-            inv_d = tl.load(inv_diag_ptr + c_base + offs, mask=m, other=0.0)
-            acc_rz += y * inv_d * y
+            acc_rz += y * tl.load(inv_diag_ptr + c_base + offs, mask=m, other=0.0) * y
             acc_rr += y * y
     if REDUCE:
-        tl.store(rz_part_ptr + s * T + t, tl.sum(acc_rz, axis=0))
-        tl.store(rr_part_ptr + s * T + t, tl.sum(acc_rr, axis=0))
+        store_partials(rz_part_ptr, rr_part_ptr, s * T + t, acc_rz, acc_rr, True)
+# fmt: on

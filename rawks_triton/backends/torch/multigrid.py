@@ -15,13 +15,8 @@ class TorchMultigrid(MultigridCycle):
 
     def __init__(self, levels: list[Level], image_index: torch.Tensor, options: MultigridOptions = MultigridOptions()):
         super().__init__(levels, image_index, options)
-        self._source = (levels, image_index)
         self._products = {}
         self._smoothers = {}
-
-    def restrict(self, rows: torch.Tensor) -> TorchMultigrid:
-        levels, image_index = self._source
-        return TorchMultigrid(levels, image_index.index_select(0, rows), self.options)
 
     def _residual(self, level: Level, out, rhs, x):
         """out = rhs - A x (the stencil product of every solver path)."""

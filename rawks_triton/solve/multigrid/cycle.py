@@ -41,6 +41,12 @@ class MultigridCycle:
         self.levels = levels if groups.covers_every_image else [select_images(level, groups) for level in levels]
         self.frame = self.levels[0].frame
         self._buffers = None
+        self._source = (levels, image_index)
+
+    def restrict(self, rows: torch.Tensor) -> MultigridCycle:
+        """The cycle of the systems ``rows`` only (on the same per-image hierarchy)."""
+        levels, image_index = self._source
+        return type(self)(levels, image_index.index_select(0, rows), self.options)
 
     @property
     def frame_size(self) -> int:
