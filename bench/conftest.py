@@ -107,8 +107,8 @@ class Target:
 
 def targets() -> list[Target]:
     """Every backend this machine has, with every preconditioner the library has."""
-    from rawks_triton.solve.choose import triton_available
     from rawks_triton.options import PRECONDITIONERS
+    from rawks_triton.solve.choose import triton_available
 
     cuda = torch.cuda.is_available()
     devices = os.environ.get("RAWKS_BENCH_DEVICES", "cuda" if cuda else "cpu").split(",")

@@ -50,8 +50,7 @@ REFERENCE = "scipy LU float64"
 
 def load_problems(checkpoint: str, root: str, scribble_set: str, every: int, scale: float):
     """[(name, B [1, 1, H, W] float32, seeds [1, H, W])] from the checkpoint's boundary network."""
-    from rawks_triton.training import GrabCutDataset
-    from rawks_triton.training import load_checkpoint, networks_from_checkpoint
+    from rawks_triton.training import GrabCutDataset, load_checkpoint, networks_from_checkpoint
 
     _, _, b_net, _ = networks_from_checkpoint(load_checkpoint(checkpoint), source=checkpoint)
     if b_net is None:

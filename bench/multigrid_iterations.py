@@ -40,11 +40,11 @@ from bench.problems import region_borders
 from rawks_triton.backends.torch.multigrid import TorchMultigrid
 from rawks_triton.backends.torch.operator import FramedOperator, JacobiPreconditioner
 from rawks_triton.backends.torch.pcg import TorchPCG
+from rawks_triton.coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
+from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
 from rawks_triton.solve.options import SolverOptions
 from rawks_triton.solve.pcg import run_pcg
 from rawks_triton.solve.rules import ForwardRule
-from rawks_triton.coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
-from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
 from rawks_triton.systems import build_stencil, compact_labels, right_hand_sides
 
 MODELS = ("grady", "rawks", "grady-image")

@@ -5,11 +5,11 @@
 See docs/ for the mathematics, the API with shapes and the numerical limits.
 """
 
-from .solve.options import ConvergenceError, ConvergenceWarning
 from .loss import rawks_loss
 from .memory import PropagationMemoryError
 from .propagation import PropagationResult, RandomWalkPropagation, propagate, reach_threshold
 from .random_walker import random_walker
+from .solve.options import ConvergenceError, ConvergenceWarning
 
 __all__ = [
     "ConvergenceError",

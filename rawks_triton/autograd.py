@@ -13,15 +13,14 @@ from dataclasses import dataclass
 import torch
 
 from . import memory
-from .solve.options import SolveStats, SolverOptions, report
+from .solve.options import SolverOptions, SolveStats, report
 from .systems import LabelSystems, build_stencil, right_hand_sides
-
 
 SECOND_DERIVATIVE = (
     "rawks_triton: the random-walk propagation has no second derivative: backward was asked for a graph of "
     "the gradient (create_graph=True, or torch.autograd.grad(..., create_graph=True)), and the adjoint "
     "solve's own derivative is not implemented. Use create_graph=False for the part of the loss that goes "
-    "through propagate (docs/numerics.md, \"Gradients\")."
+    'through propagate (docs/numerics.md, "Gradients").'
 )
 
 
@@ -35,7 +34,17 @@ class SolveRecord:
 
 class RandomWalkSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, diag, right, down, systems: LabelSystems, backend_cls, options: SolverOptions, record: SolveRecord, unit_edges: bool):
+    def forward(
+        ctx,
+        diag,
+        right,
+        down,
+        systems: LabelSystems,
+        backend_cls,
+        options: SolverOptions,
+        record: SolveRecord,
+        unit_edges: bool,
+    ):
         # No local reference to the stencil: a backend that keeps only its own layout of it
         # (the torch backend) lets the original go.
         backend = backend_cls(build_stencil(diag, right, down, systems.free, unit_edges=unit_edges), systems, options)

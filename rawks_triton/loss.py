@@ -108,7 +108,9 @@ def rawks_loss_terms(
     # torch.where (not a product) so that masked pixels pass back an exact zero.
     zero = torch.zeros_like(H)
     loss = torch.where(mask, w * kl + H, zero)
-    return RawksLossTerms(loss=loss, weight=w, kl=torch.where(mask, kl, zero), entropy=torch.where(mask, H, zero), mask=mask)
+    return RawksLossTerms(
+        loss=loss, weight=w, kl=torch.where(mask, kl, zero), entropy=torch.where(mask, H, zero), mask=mask
+    )
 
 
 def rawks_loss(

@@ -30,8 +30,9 @@ class PropagationMemoryError(MemoryError):
     """A propagation would not fit in the memory of its device; the message says what to do."""
 
 
-def estimate_bytes(backend: str, num_systems: int, n_images: int, height: int, width: int,
-                   dtype: torch.dtype, backward: bool) -> int:
+def estimate_bytes(
+    backend: str, num_systems: int, n_images: int, height: int, width: int, dtype: torch.dtype, backward: bool
+) -> int:
     per_system, per_image = FACTORS.get(backend, FACTORS["torch"])[1 if backward else 0]
     itemsize = 8 if backend == "scipy" else torch.finfo(dtype).bits // 8
     return int((per_system * num_systems + per_image * n_images) * height * width * itemsize)
@@ -66,8 +67,10 @@ def available_bytes(device: torch.device) -> tuple[int | None, str]:
     if "MemAvailable" in meminfo:
         limits.append((meminfo["MemAvailable"], "available RAM"))
     # a container's memory limit (cgroup v2, then v1)
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         most, used = _read_int(limit), _read_int(usage)
         if most is not None and used is not None and most < 2**60:
             limits.append((max(0, most - used), "the container's memory limit"))
@@ -99,8 +102,16 @@ def advice() -> str:
     )
 
 
-def check_fits(backend: str, num_systems: int, n_images: int, height: int, width: int, dtype: torch.dtype,
-               device: torch.device, backward: bool) -> None:
+def check_fits(
+    backend: str,
+    num_systems: int,
+    n_images: int,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    backward: bool,
+) -> None:
     """Raise :class:`PropagationMemoryError` before allocating when the estimate exceeds what is available."""
     need = estimate_bytes(backend, num_systems, n_images, height, width, dtype, backward)
     have, source = available_bytes(device)
@@ -110,7 +121,7 @@ def check_fits(backend: str, num_systems: int, n_images: int, height: int, width
     raise PropagationMemoryError(
         f"rawks_triton.propagate: {what} of {num_systems} systems of {height} x {width} pixels in {dtype} "
         f"({n_images} images, backend {backend!r}) needs about {_gib(need)}, more than the {_gib(have)} of "
-        f"{source}. {advice()} (the memory model: docs/numerics.md, \"Memory\")."
+        f'{source}. {advice()} (the memory model: docs/numerics.md, "Memory").'
     )
 
 

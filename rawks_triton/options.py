@@ -40,7 +40,9 @@ class PropagationOptions:
             ignore_index=_checks.check_int("ignore_index", self.ignore_index),
             check_every=None if self.check_every is None else _checks.check_int("check_every", self.check_every, 1),
             preconditioner=_checks.check_choice("preconditioner", self.preconditioner, ("auto",) + PRECONDITIONERS),
-            min_weight=None if self.min_weight is None else _checks.check_nonnegative_real("min_weight", self.min_weight),
+            min_weight=None
+            if self.min_weight is None
+            else _checks.check_nonnegative_real("min_weight", self.min_weight),
         )
         if not isinstance(self.strict, bool):
             raise TypeError(f"`strict` must be a bool, got {type(self.strict).__name__}")
@@ -62,8 +64,13 @@ class PropagationOptions:
     def solver_options(self, preconditioner: str, tau: float) -> SolverOptions:
         """The solver's options once the preconditioner is chosen and the reach threshold known."""
         return SolverOptions(
-            rtol=self.rtol, atol=self.atol, maxiter=self.maxiter, check_every=self.check_every, strict=self.strict,
-            preconditioner=preconditioner, tau=tau,
+            rtol=self.rtol,
+            atol=self.atol,
+            maxiter=self.maxiter,
+            check_every=self.check_every,
+            strict=self.strict,
+            preconditioner=preconditioner,
+            tau=tau,
         )
 
     def as_dict(self) -> dict:

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from . import _checks, memory
-from .options import PropagationOptions
 from .autograd import Normalize, RandomWalkSolve, SolveRecord
 from .backends import get_backend
+from .coefficients import grady_edge_coefficients, grady_node_coefficients
+from .options import PropagationOptions
 from .solve.choose import choose_solver
 from .solve.options import SolverOptions, SolveStats, warn_not_converged
-from .coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
 from .systems import compact_labels
 
 # The reach threshold tau of each model: the total weight S = sum_l Z_l at or below which a
@@ -103,7 +103,7 @@ class PropagationResult:
     def adjoint_converged(self) -> torch.Tensor | None:
         return None if self._record.adjoint is None else self._record.adjoint.converged
 
-    def detach(self) -> "PropagationResult":
+    def detach(self) -> PropagationResult:
         """The same result with P and Z cut from the graph (adjoint statistics still arrive)."""
         return replace(self, P=self.P.detach(), Z=self.Z.detach())
 
@@ -141,7 +141,9 @@ def _check_seeds(seeds, scores: torch.Tensor, num_labels: int, ignore_index: int
         raise TypeError(f"`seeds` must have an integer dtype (int64 label map), got {seeds.dtype}")
     expected = (scores.shape[0],) + tuple(scores.shape[-2:])
     if tuple(seeds.shape) != expected:
-        raise ValueError(f"`seeds` must have shape (N, H, W) = {expected} to match `boundary`, got {tuple(seeds.shape)}")
+        raise ValueError(
+            f"`seeds` must have shape (N, H, W) = {expected} to match `boundary`, got {tuple(seeds.shape)}"
+        )
     if seeds.device != scores.device:
         raise ValueError(f"`seeds` must be on the device of `boundary` ({scores.device}), got {seeds.device}")
     seeds = seeds.long()
@@ -228,7 +230,7 @@ def propagate(
             "rawks_triton.propagate does not support torch.func transforms (vmap, grad, jacrev, jvp, ...): the "
             "solve runs outside autograd's dispatcher and has no batching or forward-mode rule. Batch images along "
             "the first dimension instead of vmap, and take gradients with torch.autograd (loss.backward() or "
-            "torch.autograd.grad) (docs/numerics.md, \"Gradients\")."
+            'torch.autograd.grad) (docs/numerics.md, "Gradients").'
         )
     options = PropagationOptions(**{name: value for name, value in locals().items() if name in OPTION_NAMES})
     num_labels = options.check_labels(num_labels, model)
@@ -236,14 +238,22 @@ def propagate(
     seeds = _check_seeds(seeds, scores, num_labels, options.ignore_index)
     n_images, height, width = seeds.shape
     systems = compact_labels(seeds, num_labels, options.ignore_index)
-    backend, preconditioner = choose_solver(options.backend, options.preconditioner, scores.device, height, width, model)
+    backend, preconditioner = choose_solver(
+        options.backend, options.preconditioner, scores.device, height, width, model
+    )
     scores = scores.contiguous()
     dtype, device = scores.dtype, scores.device
     tau = reach_threshold(model, dtype, options.min_weight)
     options = options.solver_options(preconditioner, tau)
 
     memory.check_fits(
-        backend, systems.num_systems, n_images, height, width, dtype, device,
+        backend,
+        systems.num_systems,
+        n_images,
+        height,
+        width,
+        dtype,
+        device,
         backward=scores.requires_grad and torch.is_grad_enabled(),
     )
     record = SolveRecord()
@@ -275,7 +285,10 @@ def propagate(
             Z = Z + 0.0 * scores.sum()
         record.forward = record.adjoint = SolveStats.empty(dtype, device)  # nothing to solve, either way
         iterations, error, residual, converged = (
-            record.forward.iterations, record.forward.error, record.forward.residual, record.forward.converged
+            record.forward.iterations,
+            record.forward.error,
+            record.forward.residual,
+            record.forward.converged,
         )
     Z = Z.view(n_images, num_labels, height, width)
 
@@ -341,7 +354,7 @@ def _check_partition_of_unity(total, right, down, systems, options: SolverOption
         f"{float(values.max()):.3g}, where it is 0 or 1, the same across every edge of nonzero "
         f"conductance): the contrast between strong and weak "
         f"conductances is beyond what {str(total.dtype).replace('torch.', '')} resolves. Solve in float64, "
-        f"or limit the range of the scores / edge weights (docs/numerics.md, \"Grady contrast\")."
+        f'or limit the range of the scores / edge weights (docs/numerics.md, "Grady contrast").'
     )
     warn_not_converged(message, options.strict)
     return converged & ~bad_images[systems.image_index]

@@ -17,23 +17,28 @@ with the exponent divided by sqrt(C) for multichannel data (``channel_axis`` giv
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
 import math
 import warnings
+from collections.abc import Sequence
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 
 from . import _checks
-from .solve.options import ConvergenceWarning
 from .options import PRECONDITIONERS
 from .propagation import PropagationResult, propagate
+from .solve.options import ConvergenceWarning
 
 MODES = ("cg", "cg_j", "cg_mg", "bf")
 EDGE_EPSILON = 1e-10  # added to every weight, as scikit-image does: no edge is ever cut by the image
 
-_TORCH_FLOAT = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.float32: torch.float32, torch.float64: torch.float64}
+_TORCH_FLOAT = {
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+}
 _NUMPY_FLOAT = {np.dtype(np.float16): np.float32, np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
 
 
@@ -160,16 +165,21 @@ def _spatial_layout(data: torch.Tensor, label_shape, channel_axis) -> torch.Tens
         if data.dim() == 3:
             raise NotImplementedError(
                 "random_walker: 3D volumes are not supported yet (the solvers are 2D 5-point stencils); "
-                "got `data` of shape {} with channel_axis=None. For a 2D multichannel image pass "
-                "`channel_axis`.".format(tuple(data.shape))
+                f"got `data` of shape {tuple(data.shape)} with channel_axis=None. For a 2D multichannel image pass "
+                "`channel_axis`."
             )
         if data.dim() != 2:
-            raise ValueError(f"`data` must be a 2D image (H, W) when channel_axis is None, got shape {tuple(data.shape)}")
+            raise ValueError(
+                f"`data` must be a 2D image (H, W) when channel_axis is None, got shape {tuple(data.shape)}"
+            )
         data = data.unsqueeze(-1)
     else:
         ndim = data.dim()
         if not -ndim <= int(channel_axis) < ndim:
-            raise ValueError(f"`channel_axis` must lie in [{-ndim}, {ndim}) for `data` of shape {tuple(data.shape)}, got {channel_axis}")
+            raise ValueError(
+                f"`channel_axis` must lie in [{-ndim}, {ndim}) for `data` of shape {tuple(data.shape)}, "
+                f"got {channel_axis}"
+            )
         data = torch.movedim(data, int(channel_axis), -1)
         if data.dim() == 4:
             raise NotImplementedError(
@@ -178,7 +188,8 @@ def _spatial_layout(data: torch.Tensor, label_shape, channel_axis) -> torch.Tens
             )
         if data.dim() != 3:
             raise ValueError(
-                f"`data` must be a 2D multichannel image (3 dimensions with channel_axis), got shape {tuple(data.shape)}"
+                "`data` must be a 2D multichannel image (3 dimensions with channel_axis), "
+                f"got shape {tuple(data.shape)}"
             )
     if tuple(data.shape[:2]) != tuple(label_shape):
         raise ValueError(
@@ -249,7 +260,9 @@ def random_walker(
     return output
 
 
-def random_walker_with_stats(data, labels, *args, **kwargs) -> tuple[np.ndarray | torch.Tensor, PropagationResult | None]:
+def random_walker_with_stats(
+    data, labels, *args, **kwargs
+) -> tuple[np.ndarray | torch.Tensor, PropagationResult | None]:
     """:func:`random_walker` (the same arguments), also returning the solver's :class:`PropagationResult`.
 
     Returns ``(output, result)``; ``result`` is None when nothing was solved (no unknown
@@ -294,8 +307,7 @@ def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_
     values = torch.unique(label_map)
     if int(values.max()) <= 0:
         raise ValueError(
-            "`labels` must contain at least one positive value (a seed); got only values <= 0: "
-            f"{values[:5].tolist()}"
+            f"`labels` must contain at least one positive value (a seed); got only values <= 0: {values[:5].tolist()}"
         )
     unknown = label_map == 0
     negatives = int((values < 0).sum())

@@ -51,7 +51,7 @@ class LabelSystems:
         return self.free.index_select(0, self.image_index).to(dtype)
 
     @cached_property
-    def groups(self) -> "ImageGroups":
+    def groups(self) -> ImageGroups:
         """The systems grouped by image (see :class:`ImageGroups`)."""
         return ImageGroups(self.image_index, self.seeds.shape[0])
 

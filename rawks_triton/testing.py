@@ -16,8 +16,15 @@ except ImportError:  # the strategies need hypothesis; the rest does not
     st = None
 
 __all__ = [
-    "SOLVE_RTOL", "TOL", "assert_close", "compare_with_reference", "learned_problems", "learned_scene", "problems",
-    "random_scores", "random_seeds",
+    "SOLVE_RTOL",
+    "TOL",
+    "assert_close",
+    "compare_with_reference",
+    "learned_problems",
+    "learned_scene",
+    "problems",
+    "random_scores",
+    "random_seeds",
 ]
 
 # Tolerances tied to dtype: P and Z against the float64 direct solution.
@@ -26,12 +33,16 @@ TOL = {torch.float64: 1e-5, torch.float32: 1e-3}
 SOLVE_RTOL = {torch.float64: 1e-6, torch.float32: 1e-4}
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, rtol: float = 0.0, name: str = "value", mask=None):
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, *, atol: float, rtol: float = 0.0, name: str = "value", mask=None
+):
     """Assert |actual - expected| <= atol + rtol |expected| (where ``mask``), reporting the worst entry."""
     actual = actual.detach().double().cpu()
     expected = expected.detach().double().cpu()
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert torch.isfinite(actual).all(), f"{name}: non-finite values at {(~torch.isfinite(actual)).nonzero()[:5].tolist()}"
+    assert torch.isfinite(actual).all(), (
+        f"{name}: non-finite values at {(~torch.isfinite(actual)).nonzero()[:5].tolist()}"
+    )
     err = (actual - expected).abs() - (atol + rtol * expected.abs())
     if mask is not None:
         err = torch.where(mask.cpu(), err, torch.full_like(err, -1.0))
@@ -104,7 +115,6 @@ def learned_scene(rng: np.random.Generator, h: int, w: int, num_labels: int = 2,
     return torch.from_numpy(scores).to(dtype)[None], torch.from_numpy(seeds)[None]
 
 
-
 if st is not None:
 
     @st.composite
@@ -124,7 +134,6 @@ if st is not None:
         scores = random_scores(rng, n, h, w, offset, spread, dtype)
         seeds = random_seeds(rng, n, h, w, num_labels, density)
         return model, scores, seeds, num_labels
-
 
     @st.composite
     def learned_problems(draw, dtype, max_side=40, min_side=1):

@@ -1,6 +1,5 @@
 """Every bad input gets a clear error naming the argument; edge cases get defined results."""
 
-
 import pytest
 import torch
 
@@ -22,20 +21,40 @@ def B(n=1, h=4, w=5, dtype=torch.float32):
     "kwargs, error, match",
     [
         (dict(boundary=[[0.0]]), TypeError, r"`boundary` must be a torch.Tensor, got list"),
-        (dict(boundary=torch.zeros(1, 4, 5, dtype=torch.float16)), TypeError, r"`boundary` must have dtype float32 or float64, got torch.float16"),
+        (
+            dict(boundary=torch.zeros(1, 4, 5, dtype=torch.float16)),
+            TypeError,
+            r"`boundary` must have dtype float32 or float64, got torch.float16",
+        ),
         (dict(boundary=torch.zeros(1, 4, 5, dtype=torch.int64)), TypeError, r"`boundary` must have dtype"),
-        (dict(boundary=torch.zeros(4, 5)), ValueError, r"`boundary` must have shape \(N, H, W\) or \(N, 1, H, W\) for model='rawks', got \(4, 5\)"),
+        (
+            dict(boundary=torch.zeros(4, 5)),
+            ValueError,
+            r"`boundary` must have shape \(N, H, W\) or \(N, 1, H, W\) for model='rawks', got \(4, 5\)",
+        ),
         (dict(boundary=torch.zeros(1, 3, 4, 5)), ValueError, r"`boundary` must have shape .* got \(1, 3, 4, 5\)"),
         (dict(boundary=torch.zeros(1, 2, 4, 5)), ValueError, r"model='rawks', got \(1, 2, 4, 5\)"),
         (dict(boundary=torch.zeros(1, 0, 5)), ValueError, r"H >= 1 and W >= 1"),
-        (dict(boundary=torch.tensor([[[0.0, float("nan"), 0, 0, 0]] * 4])), ValueError, r"`boundary` must be finite, found 4 NaN or Inf"),
+        (
+            dict(boundary=torch.tensor([[[0.0, float("nan"), 0, 0, 0]] * 4])),
+            ValueError,
+            r"`boundary` must be finite, found 4 NaN or Inf",
+        ),
         (dict(boundary=torch.tensor([[[0.0, float("inf"), 0, 0, 0]] * 4])), ValueError, r"must be finite"),
         (dict(boundary=-torch.ones(1, 4, 5)), ValueError, r"`boundary` must be >= 0 for model='rawks'.*got minimum -1"),
         (dict(seeds=seeds().float()), TypeError, r"`seeds` must have an integer dtype .* got torch.float32"),
         (dict(seeds=seeds() >= 0), TypeError, r"`seeds` must have an integer dtype .* got torch.bool"),
-        (dict(seeds=seeds(h=3)), ValueError, r"`seeds` must have shape \(N, H, W\) = \(1, 4, 5\) to match `boundary`, got \(1, 3, 5\)"),
+        (
+            dict(seeds=seeds(h=3)),
+            ValueError,
+            r"`seeds` must have shape \(N, H, W\) = \(1, 4, 5\) to match `boundary`, got \(1, 3, 5\)",
+        ),
         (dict(seeds=seeds(n=2)), ValueError, r"got \(2, 4, 5\)"),
-        (dict(seeds=seeds().fill_(3)), ValueError, r"labels in \[0, 3\) or ignore_index=-1, got 20 pixel\(s\) with other values, e.g. \[3\]"),
+        (
+            dict(seeds=seeds().fill_(3)),
+            ValueError,
+            r"labels in \[0, 3\) or ignore_index=-1, got 20 pixel\(s\) with other values, e.g. \[3\]",
+        ),
         (dict(seeds=seeds().fill_(-2)), ValueError, r"e.g. \[-2\]"),
         (dict(num_labels=0), ValueError, r"`num_labels` must be >= 1, got 0"),
         (dict(num_labels=2.0), TypeError, r"`num_labels` must be an int, got float"),

@@ -50,9 +50,8 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 import rawks_triton as rt
-from rawks_triton.solve.choose import triton_available
 from rawks_triton.reference import assemble_matrix, dense_solve
-
+from rawks_triton.solve.choose import triton_available
 from rawks_triton.testing import learned_scene
 
 EXPLORE_FACTOR = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 1
@@ -105,8 +104,10 @@ def exact_partition_functions(right, down, kill, seeds, num_labels):
     K = np.zeros(size)
     K[:n] = kill.ravel()
     idx = np.arange(n).reshape(height, width)
-    for a, b, w in ((idx[:, :-1].ravel(), idx[:, 1:].ravel(), right[:, :-1].ravel()),
-                    (idx[:-1, :].ravel(), idx[1:, :].ravel(), down[:-1, :].ravel())):
+    for a, b, w in (
+        (idx[:, :-1].ravel(), idx[:, 1:].ravel(), right[:, :-1].ravel()),
+        (idx[:-1, :].ravel(), idx[1:, :].ravel(), down[:-1, :].ravel()),
+    ):
         both = free[a] & free[b]
         M[a[both], b[both]] = w[both]
         M[b[both], a[both]] = w[both]
@@ -257,8 +258,9 @@ def cases(draw, max_side=40, models=("rawks", "grady", "grady-edges"), grady_con
     elif model != "rawks":
         score_styles = ["large", "learned", "walls"]
     image_scores = draw(st.lists(st.sampled_from(score_styles), min_size=n, max_size=n))
-    seed_styles = draw(st.lists(st.sampled_from(["sparse", "scribbles", "single", "dense", "all", "none"]),
-                                min_size=n, max_size=n))
+    seed_styles = draw(
+        st.lists(st.sampled_from(["sparse", "scribbles", "single", "dense", "all", "none"]), min_size=n, max_size=n)
+    )
     if draw(st.sampled_from([False] * 9 + [True])):
         seed_styles = ["none"] * n  # no seed in the whole batch
     shift = draw(st.sampled_from(SHIFTS)) if model == "grady" else 0.0
@@ -283,20 +285,36 @@ def cases(draw, max_side=40, models=("rawks", "grady", "grady-edges"), grady_con
         boundary = scores + shift
     incoming = rng.standard_normal((n, num_labels, h, w))
     if poison != "none":
-        values = {"nan": [math.nan], "inf": [math.inf], "-inf": [-math.inf], "mixed": [math.nan, math.inf, -math.inf]}[poison]
+        values = {"nan": [math.nan], "inf": [math.inf], "-inf": [-math.inf], "mixed": [math.nan, math.inf, -math.inf]}[
+            poison
+        ]
         for _ in range(int(rng.integers(1, 4))):
             where = tuple(int(rng.integers(0, s)) for s in incoming.shape)
             incoming[where] = rng.choice(values)
-    description = (f"{model} {str(dtype)[6:]} N={n} {h}x{w} L={num_labels} present={sorted(present)} "
-                   f"scores={image_scores} seeds={seed_styles} shift={shift:g} scale={scale:g} poison={poison} rtol={rtol:g}")
+    description = (
+        f"{model} {str(dtype)[6:]} N={n} {h}x{w} L={num_labels} present={sorted(present)} "
+        f"scores={image_scores} seeds={seed_styles} shift={shift:g} scale={scale:g} poison={poison} rtol={rtol:g}"
+    )
     shape = "1x1" if h == w == 1 else "1xN" if h == 1 else "Nx1" if w == 1 else "2D"
-    seeding = "no seed in the batch" if all(x == "none" for x in seed_styles) else (
-        "an image without seeds" if "none" in seed_styles else "every image seeded")
-    features = dict(model=model, dtype=str(dtype)[6:], shape=shape, seeding=seeding, poison=poison,
-                    seeds=" ".join(sorted(set(seed_styles))), shift=shift, scale=scale if scale in SCALES else "random",
-                    rtol=rtol, images=n,
-                    walls="walls" if set(image_scores) & {"walls", "learned", "large"} else "no walls",
-                    labels="some absent" if len(present) < num_labels else "all present")
+    seeding = (
+        "no seed in the batch"
+        if all(x == "none" for x in seed_styles)
+        else ("an image without seeds" if "none" in seed_styles else "every image seeded")
+    )
+    features = dict(
+        model=model,
+        dtype=str(dtype)[6:],
+        shape=shape,
+        seeding=seeding,
+        poison=poison,
+        seeds=" ".join(sorted(set(seed_styles))),
+        shift=shift,
+        scale=scale if scale in SCALES else "random",
+        rtol=rtol,
+        images=n,
+        walls="walls" if set(image_scores) & {"walls", "learned", "large"} else "no walls",
+        labels="some absent" if len(present) < num_labels else "all present",
+    )
     return Case(
         features=features,
         model="grady" if model.startswith("grady") else "rawks",
@@ -314,25 +332,37 @@ def exact_solution(case: Case) -> torch.Tensor:
     """Z [N, L, H, W] float64 of the case's input (as given, in its dtype, then exactly)."""
     boundary = case.boundary.double().numpy()
     seeds = case.seeds.numpy()
-    Z = [exact_partition_functions(*conductances(boundary[i], case.model, case.edges), seeds[i], case.num_labels)
-         for i in range(seeds.shape[0])]
+    Z = [
+        exact_partition_functions(*conductances(boundary[i], case.model, case.edges), seeds[i], case.num_labels)
+        for i in range(seeds.shape[0])
+    ]
     return torch.from_numpy(np.stack(Z))
 
 
 # ---- running and checking ------------------------------------------------------------------
 
 
+CPU = torch.device("cpu")
+
+
 def convergence_warnings(record) -> list:
     return [w for w in record if issubclass(w.category, rt.ConvergenceWarning)]
 
 
-def run(case: Case, backend: str, preconditioner: str, incoming: torch.Tensor, device=torch.device("cpu")):
+def run(case: Case, backend: str, preconditioner: str, incoming: torch.Tensor, device=CPU):
     """Forward and backward; (result, gradient, forward warnings, backward warnings)."""
     leaf = case.boundary.detach().clone().to(device).requires_grad_(True)
     with warnings.catch_warnings(record=True) as forward:
         warnings.simplefilter("always")
-        result = rt.propagate(leaf, case.seeds.to(device), case.num_labels, case.model, backend=backend,
-                              preconditioner=preconditioner, rtol=case.rtol)
+        result = rt.propagate(
+            leaf,
+            case.seeds.to(device),
+            case.num_labels,
+            case.model,
+            backend=backend,
+            preconditioner=preconditioner,
+            rtol=case.rtol,
+        )
     with warnings.catch_warnings(record=True) as backward:
         warnings.simplefilter("always")
         result.P.backward(incoming.to(device))
@@ -362,7 +392,9 @@ def check_probabilities(case: Case, result) -> None:
     off = reachable & ((total - 1).abs() > 4 * L * eps)
     assert not off.any(), where_differs("sum_l P != 1 at a reachable pixel", off, total)
     count = present.sum(1, keepdim=True).to(case.dtype)
-    uniform = torch.where(count > 0, present.to(case.dtype) / count.clamp(min=1), torch.full((n, L), 1.0 / L, dtype=case.dtype))
+    uniform = torch.where(
+        count > 0, present.to(case.dtype) / count.clamp(min=1), torch.full((n, L), 1.0 / L, dtype=case.dtype)
+    )
     uniform = uniform.double().view(n, L, 1, 1).expand_as(P)
     bad = ~reachable.unsqueeze(1) & (P != uniform)
     assert not bad.any(), where_differs("P not uniform over the present labels where unreachable", bad, P, uniform)
@@ -409,15 +441,18 @@ def check_gradient(case: Case, result, grad: torch.Tensor) -> torch.Tensor:
         if bool(poisoned[i]):
             assert bool(torch.isnan(g[u]).all()), (
                 f"image {i}: the incoming gradient is non-finite at a reachable pixel, but its gradient "
-                f"is not NaN everywhere ({int(torch.isfinite(g[u]).sum())} finite entries)")
+                f"is not NaN everywhere ({int(torch.isfinite(g[u]).sum())} finite entries)"
+            )
         else:
-            assert bool(torch.isfinite(g).all()), where_differs(f"image {i}: gradient not finite", ~torch.isfinite(g), g)
+            assert bool(torch.isfinite(g).all()), where_differs(
+                f"image {i}: gradient not finite", ~torch.isfinite(g), g
+            )
         assert not bool(torch.isnan(g[~u]).any()) and not bool(g[~u].ne(0).any()), "unused edge entries must get 0"
     return poisoned
 
 
 def exact_rawks_gradient(case: Case, Z_exact: torch.Tensor, incoming: torch.Tensor):
-    """"rawks": the exact gradient with respect to the scores and the scale G of each image
+    """ "rawks": the exact gradient with respect to the scores and the scale G of each image
     that the adjoint rule bounds its error by (docs/numerics.md): with x the solutions,
     A lambda_l = dLoss/dZ_l on the free pixels, dLoss/dB_i = -d_i sum_l lambda_l,i x_l,i and
     G = max_i d_i sum_l |lambda_l,i| |x_l,i|; and the scale of the rounding of dLoss/dZ (the
@@ -449,7 +484,7 @@ def exact_rawks_gradient(case: Case, Z_exact: torch.Tensor, incoming: torch.Tens
         lu = scipy.sparse.linalg.splu(A)
         k = len(labels)
 
-        def adjoint(rhs):
+        def adjoint(rhs, lu=lu, i=i, labels=labels, k=k, free=free):
             return lu.solve(np.ascontiguousarray(rhs[i, labels].numpy().reshape(k, -1)[:, free].T)).T
 
         lam, lam_terms = adjoint(g_Z), adjoint(g_Z_terms)  # A^-1 >= 0 (an M-matrix): lam_terms >= |lam|
@@ -464,7 +499,7 @@ def exact_rawks_gradient(case: Case, Z_exact: torch.Tensor, incoming: torch.Tens
 
 
 def check_gradient_accuracy(case: Case, result, grad, Z_exact, incoming, poisoned) -> None:
-    """"rawks": |grad - grad_exact| <= GRAD_FACTOR rtol G in each image (G: the adjoint's
+    """ "rawks": |grad - grad_exact| <= GRAD_FACTOR rtol G in each image (G: the adjoint's
     scale), plus the rounding of dLoss/dZ."""
     expected, scale, rounding = exact_rawks_gradient(case, Z_exact, incoming)
     for i in range(case.seeds.shape[0]):
@@ -475,7 +510,7 @@ def check_gradient_accuracy(case: Case, result, grad, Z_exact, incoming, poisone
         assert not bad.any(), where_differs(f"image {i}: |grad - grad_exact| > {tol:.3g}", bad, grad[i], expected[i])
 
 
-def check_case(case: Case, backend: str, preconditioner: str = "auto", device=torch.device("cpu")) -> None:
+def check_case(case: Case, backend: str, preconditioner: str = "auto", device=CPU) -> None:
     Z_exact = exact_solution(case)
     # The loss ignores the pixels where rounding decides reachability (P jumps there).
     tau = rt.reach_threshold(case.model, case.dtype)
@@ -487,11 +522,13 @@ def check_case(case: Case, backend: str, preconditioner: str = "auto", device=to
 
     converged = result.converged.cpu()
     assert bool(converged.all()) == (not forward_warnings), (
-        f"forward: converged={converged.tolist()} but {len(forward_warnings)} ConvergenceWarning(s)")
+        f"forward: converged={converged.tolist()} but {len(forward_warnings)} ConvergenceWarning(s)"
+    )
     adjoint = result.adjoint_converged
     assert adjoint is not None, "backward ran, but the result has no adjoint statistics"
     assert bool(adjoint.cpu().all()) == (not backward_warnings), (
-        f"adjoint: converged={adjoint.tolist()} but {len(backward_warnings)} ConvergenceWarning(s)")
+        f"adjoint: converged={adjoint.tolist()} but {len(backward_warnings)} ConvergenceWarning(s)"
+    )
     for w in forward_warnings + backward_warnings:
         assert w.filename == __file__, f"the warning points at {w.filename}:{w.lineno}, not at the caller"
 
@@ -527,7 +564,9 @@ def fuzz(config, shrink=True, **strategy):
         except AssertionError as err:
             raise AssertionError(f"{case.description}: {err}") from None
         except Exception as err:  # nothing but the documented errors, and none of those here
-            raise AssertionError(f"{case.description}: raised {type(err).__module__}.{type(err).__name__}: {err}") from err
+            raise AssertionError(
+                f"{case.description}: raised {type(err).__module__}.{type(err).__name__}: {err}"
+            ) from err
 
     if settings.default.derandomize:  # each configuration its own fixed examples (the test's digest is shared)
         property_holds = seed(zlib.crc32(repr((config, sorted(strategy.items()))).encode()))(property_holds)
@@ -574,8 +613,9 @@ def right_or_warns(boundary, seeds, num_labels, backend, preconditioner, edges=F
     device = TRITON_DEVICE if backend == "triton" else torch.device("cpu")
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        result = rt.propagate(boundary.to(device), seeds.to(device), num_labels, "grady", backend=backend,
-                              preconditioner=preconditioner)
+        result = rt.propagate(
+            boundary.to(device), seeds.to(device), num_labels, "grady", backend=backend, preconditioner=preconditioner
+        )
     if convergence_warnings(record):
         assert not bool(result.converged.all()), "a warning, yet every system reports converged"
         return
@@ -594,8 +634,11 @@ def _configs():
 
 
 # 1 x N chains, one seed at the left end: S = 1 and P = 1 at every pixel, exactly.
-CHAINS = {"wall40": [0.0, 0.0, 40.0, 0.0, 0.0], "double40": [0.0, 0.0, 40.0, 40.0, 0.0, 0.0],
-          "double24": [0.0, 0.0, 24.0, 24.0, 0.0, 0.0]}
+CHAINS = {
+    "wall40": [0.0, 0.0, 40.0, 0.0, 0.0],
+    "double40": [0.0, 0.0, 40.0, 40.0, 0.0, 0.0],
+    "double24": [0.0, 0.0, 24.0, 24.0, 0.0, 0.0],
+}
 DTYPES = {"f64": torch.float64, "f32": torch.float32}
 
 
@@ -611,16 +654,19 @@ def test_grady_wall_chain_is_right_or_warns(chain, dtype, backend, preconditione
 
 # A 3 x 7 image (shrunk from a fuzzer example): the direct solve returned P = 0.5 where the
 # exact P is 0.147, with error 0; the CG backends raised LinAlgError in the coarsest level.
-POCKETS_SCORES = [[0.0, 44.0, 42.0, 0.0, 42.0, 40.0, 0.0],
-                  [44.0, 43.0, 43.0, 43.0, 42.0, 40.0, 0.0],
-                  [43.0, 0.0, 0.0, 43.0, 43.0, 40.0, 0.0]]
+POCKETS_SCORES = [
+    [0.0, 44.0, 42.0, 0.0, 42.0, 40.0, 0.0],
+    [44.0, 43.0, 43.0, 43.0, 42.0, 40.0, 0.0],
+    [43.0, 0.0, 0.0, 43.0, 43.0, 40.0, 0.0],
+]
 POCKETS_SEEDS = [[0, -1, -1, -1, -1, -1, -1], [-1] * 7, [-1, 2, 2, -1, -1, -1, -1]]
 
 
 @pytest.mark.parametrize("backend,preconditioner", _configs()[:3], ids=[f"{b}-{p}" for b, p in _configs()[:3]])
 def test_grady_pockets_match_the_exact_solution(backend, preconditioner):
-    right_or_warns(torch.tensor([POCKETS_SCORES], dtype=torch.float64), torch.tensor([POCKETS_SEEDS]), 3, backend,
-                   preconditioner)
+    right_or_warns(
+        torch.tensor([POCKETS_SCORES], dtype=torch.float64), torch.tensor([POCKETS_SEEDS]), 3, backend, preconditioner
+    )
 
 
 # Float64 at a moderate contrast (shrunk from a fuzzer example of the main battery's
@@ -635,8 +681,10 @@ STRIP_DOWN = ["11111101222222111111111020", "10111112210101111111111122", "0" * 
 @pytest.mark.parametrize("backend,preconditioner", _configs(), ids=[f"{b}-{p}" for b, p in _configs()])
 def test_grady_strip_behind_weak_edges_is_right_or_warns(backend, preconditioner):
     level = {"0": 0.0, "1": 1.0, "2": math.exp(12.0)}
-    edges = torch.tensor([[[[level[c] for c in row] for row in STRIP_RIGHT],
-                           [[level[c] for c in row] for row in STRIP_DOWN]]], dtype=torch.float64)
+    edges = torch.tensor(
+        [[[[level[c] for c in row] for row in STRIP_RIGHT], [[level[c] for c in row] for row in STRIP_DOWN]]],
+        dtype=torch.float64,
+    )
     seeds = torch.full((1, 3, 26), -1)
     seeds[0, 0, 0] = 0
     right_or_warns(edges, seeds, 1, backend, preconditioner, edges=True)

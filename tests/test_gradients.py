@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import rawks_triton as rt
-
-from rawks_triton.testing import assert_close, random_scores, random_seeds
+from rawks_triton.testing import assert_close, random_scores
 
 BACKENDS = ["scipy", "torch"]
 

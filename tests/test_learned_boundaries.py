@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 import rawks_triton as rt
 from rawks_triton.solve.choose import triton_available
-
 from rawks_triton.testing import assert_close, learned_problems, learned_scene, random_scores, random_seeds
 
 RTOL = 1e-3  # the default
@@ -40,7 +39,9 @@ def well_inside(S_ref: torch.Tensor) -> torch.Tensor:
 def check_learned(result, reference, seeds, rtol=RTOL):
     S_ref = reference.Z.detach().sum(1)
     safe = well_inside(S_ref)
-    assert torch.equal(result.reachable.cpu()[safe], reference.reachable[safe]), "reachable differs from the exact solve"
+    assert torch.equal(result.reachable.cpu()[safe], reference.reachable[safe]), (
+        "reachable differs from the exact solve"
+    )
     mask = (reference.reachable & safe).unsqueeze(1).expand_as(reference.P)
     assert_close(result.P, reference.P, atol=P_FACTOR * rtol, name="P", mask=mask)
     assert torch.isfinite(result.P).all()
@@ -94,7 +95,9 @@ def test_triton_backend_on_learned_boundaries(dtype, data):
     grad_ref, _ = gradients(scores.double(), seeds, num_labels, weights, backend="scipy")
     with warnings.catch_warnings():
         warnings.simplefilter("error", rt.ConvergenceWarning)
-        grad, result = gradients(scores.to(DEVICE), seeds.to(DEVICE), num_labels, weights.to(DEVICE, dtype), backend="triton")
+        grad, result = gradients(
+            scores.to(DEVICE), seeds.to(DEVICE), num_labels, weights.to(DEVICE, dtype), backend="triton"
+        )
     assert result.preconditioner == "multigrid"
     check_learned(result, reference, seeds)
     assert_close(grad.cpu(), grad_ref, atol=gradient_tolerance(grad_ref, dtype), name="dL/dB")
@@ -125,8 +128,9 @@ BACKEND_IDS = [f"{b}-{p}" for b, p in BACKENDS]
 
 def solve(boundary, seeds, num_labels, backend, preconditioner, **kw):
     device = DEVICE if backend == "triton" else torch.device("cpu")
-    return rt.propagate(boundary.to(device), seeds.to(device), num_labels, "grady", backend=backend,
-                        preconditioner=preconditioner, **kw)
+    return rt.propagate(
+        boundary.to(device), seeds.to(device), num_labels, "grady", backend=backend, preconditioner=preconditioner, **kw
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])

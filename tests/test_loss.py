@@ -7,7 +7,6 @@ import torch
 
 import rawks_triton as rt
 from rawks_triton.loss import entropy, loss_weights, rawks_loss_terms
-
 from rawks_triton.testing import assert_close
 
 
@@ -135,15 +134,34 @@ def test_entropy_and_weights_helpers():
         (dict(P=[[0.5]]), TypeError, r"`P` must be a torch.Tensor, got list"),
         (dict(P=torch.zeros(2, 3, 4)), ValueError, r"`P` must have shape \(N, L, H, W\), got \(2, 3, 4\)"),
         (dict(P=torch.zeros(1, 2, 3, 4, dtype=torch.int64)), TypeError, r"`P` must have dtype float32 or float64"),
-        (dict(q_logits=torch.zeros(1, 3, 3, 4)), ValueError, r"`q_logits` must have the shape of `P` \(1, 2, 3, 4\), got \(1, 3, 3, 4\)"),
+        (
+            dict(q_logits=torch.zeros(1, 3, 3, 4)),
+            ValueError,
+            r"`q_logits` must have the shape of `P` \(1, 2, 3, 4\), got \(1, 3, 3, 4\)",
+        ),
         (dict(alpha=-1.0), ValueError, r"`alpha` must be a finite number >= 0, got -1.0"),
         (dict(alpha="2"), TypeError, r"`alpha` must be a real number, got str"),
         (dict(reachable=torch.ones(1, 3, 4)), TypeError, r"`reachable` must be a bool tensor, got torch.float32"),
-        (dict(reachable=torch.ones(1, 4, 3, dtype=torch.bool)), ValueError, r"`reachable` must have shape \(N, H, W\) = \(1, 3, 4\), got \(1, 4, 3\)"),
+        (
+            dict(reachable=torch.ones(1, 4, 3, dtype=torch.bool)),
+            ValueError,
+            r"`reachable` must have shape \(N, H, W\) = \(1, 3, 4\), got \(1, 4, 3\)",
+        ),
         (dict(reduction="max"), ValueError, r"`reduction` must be one of \['mean', 'none', 'sum'\], got 'max'"),
         (dict(detach_weight=1), TypeError, r"`detach_weight` must be a bool, got int"),
     ],
-    ids=["P-list", "P-3d", "P-int", "q-shape", "alpha-negative", "alpha-str", "reachable-float", "reachable-shape", "reduction", "detach"],
+    ids=[
+        "P-list",
+        "P-3d",
+        "P-int",
+        "q-shape",
+        "alpha-negative",
+        "alpha-str",
+        "reachable-float",
+        "reachable-shape",
+        "reduction",
+        "detach",
+    ],
 )
 def test_bad_input(kwargs, error, match):
     args = dict(P=torch.full((1, 2, 3, 4), 0.5), q_logits=torch.zeros(1, 2, 3, 4))

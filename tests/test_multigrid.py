@@ -12,12 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rawks_triton as rt
-from rawks_triton.coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
 from rawks_triton.backends.torch.multigrid import TorchMultigrid
-from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
+from rawks_triton.coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
 from rawks_triton.reference import assemble_matrix
+from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
 from rawks_triton.systems import build_stencil, compact_labels, right_hand_sides
-
 from rawks_triton.testing import SOLVE_RTOL, assert_close, compare_with_reference, problems, random_scores, random_seeds
 
 SPD_SIZES = [(1, 1), (1, 17), (17, 1), (2, 2), (3, 1), (7, 13), (9, 10)]
@@ -134,14 +133,16 @@ def test_coarse_operators_are_scaled_galerkin_products(rng, model, h, w, scale):
     _, _, stencil = make_problem(rng, model, 1, h, w, density=0.1)
     levels = build_hierarchy(stencil, MultigridOptions(coarse_edge_scale=scale, coarsest_pixels=4))
     assert len(levels) >= 3
-    for level, coarse in zip(levels[:-1], levels[1:]):
+    for level, coarse in zip(levels[:-1], levels[1:], strict=True):
         A = assemble_matrix(*(interior(level, t)[0] for t in (level.diag, level.right, level.down)))
         P = explicit_prolongation(level, coarse)
         galerkin = (P.T @ A @ P).toarray()
         off = galerkin - np.diag(np.diag(galerkin))
         expected = np.diag(np.diag(galerkin) + (1.0 - scale) * off.sum(axis=1)) + scale * off
         actual = assemble_matrix(*(interior(coarse, t)[0] for t in (coarse.diag, coarse.right, coarse.down))).toarray()
-        assert_close(torch.from_numpy(actual), torch.from_numpy(expected), atol=1e-12 * np.abs(expected).max(), name="A_c")
+        assert_close(
+            torch.from_numpy(actual), torch.from_numpy(expected), atol=1e-12 * np.abs(expected).max(), name="A_c"
+        )
 
 
 def test_prolongation_keeps_the_anchor_component_of_each_block():
@@ -211,10 +212,19 @@ def test_subset_of_systems_matches_rows_of_the_full_preconditioner(rng):
 @settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_multigrid_matches_scipy_reference(dtype, data):
-    model, scores, seeds, num_labels = data.draw(problems(dtype, max_labels=5, densities=(0.0, 0.003, 0.02, 0.1, 0.5), offsets=(0.0, 0.5, 3.0)))
+    model, scores, seeds, num_labels = data.draw(
+        problems(dtype, max_labels=5, densities=(0.0, 0.003, 0.02, 0.1, 0.5), offsets=(0.0, 0.5, 3.0))
+    )
     reference = rt.propagate(scores.double(), seeds, num_labels, model, backend="scipy")
     result = rt.propagate(
-        scores, seeds, num_labels, model, backend="torch", preconditioner="multigrid", rtol=SOLVE_RTOL[dtype], maxiter=2000
+        scores,
+        seeds,
+        num_labels,
+        model,
+        backend="torch",
+        preconditioner="multigrid",
+        rtol=SOLVE_RTOL[dtype],
+        maxiter=2000,
     )
     assert bool(result.converged.all()), f"not converged: residual {result.residual.max():.3g}"
     compare_with_reference(result, reference, dtype, name=f"{model} multigrid")
@@ -276,7 +286,11 @@ def test_options_are_checked():
     stencil = build_stencil(*rawks_coefficients(torch.zeros(1, 4, 4)), torch.ones(1, 4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="coarsest_pixels"):
         build_hierarchy(stencil, MultigridOptions(coarsest_pixels=0))
-    for bad, name in [(dict(cycle="F"), "cycle"), (dict(correction_scale=1.5), "correction_scale"), (dict(smoothing_steps=0), "smoothing_steps")]:
+    for bad, name in [
+        (dict(cycle="F"), "cycle"),
+        (dict(correction_scale=1.5), "correction_scale"),
+        (dict(smoothing_steps=0), "smoothing_steps"),
+    ]:
         with pytest.raises(ValueError, match=name):
             MultigridOptions(**bad)
 
@@ -344,8 +358,12 @@ def test_auto_rule_picks_and_records_the_solver():
 def test_float32_image_without_seeds_beside_a_seeded_one():
     """Found by hypothesis: the unseeded image's Laplacian is singular, and float32 rounding
     in its degrees must not pass for excess (the coarsest inverse raised here)."""
-    scores = torch.tensor([[[1.5355, 2.8514, 0.4325, 2.8459], [0.9355, 1.2700, 2.4831, 1.2276]],
-                           [[1.6488, 0.0827, 2.2605, 1.6144], [0.9892, 2.3653, 0.9096, 1.3605]]])
+    scores = torch.tensor(
+        [
+            [[1.5355, 2.8514, 0.4325, 2.8459], [0.9355, 1.2700, 2.4831, 1.2276]],
+            [[1.6488, 0.0827, 2.2605, 1.6144], [0.9892, 2.3653, 0.9096, 1.3605]],
+        ]
+    )
     seeds = torch.full((2, 2, 4), -1)
     seeds[1, 1, 0], seeds[1, 1, 3] = 0, 1
     got = rt.propagate(scores, seeds, 2, "grady", backend="torch", preconditioner="multigrid", rtol=1e-6)

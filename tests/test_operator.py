@@ -7,7 +7,6 @@ import torch
 from rawks_triton.coefficients import grady_edge_coefficients, grady_node_coefficients, rawks_coefficients
 from rawks_triton.reference import assemble_matrix, dense_solve
 from rawks_triton.systems import build_stencil, compact_labels, right_hand_sides, stencil_matvec
-
 from rawks_triton.testing import assert_close, random_scores, random_seeds
 
 SIZES = [(1, 1), (1, 17), (17, 1), (7, 13), (16, 16), (33, 31)]

@@ -2,14 +2,12 @@
 
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rawks_triton as rt
-
 from rawks_triton.testing import SOLVE_RTOL, assert_close, compare_with_reference, problems, random_scores, random_seeds
 
 
@@ -108,7 +106,12 @@ def test_converged_systems_stop_changing():
     seeds[1, 0, 0], seeds[1, 39, 39] = 0, 1  # image 1: the whole image to propagate into
     for preconditioner in ("jacobi", "multigrid"):
         r = rt.propagate(
-            torch.zeros(2, 40, 40, dtype=torch.float64), seeds, 2, "grady", backend="torch", preconditioner=preconditioner
+            torch.zeros(2, 40, 40, dtype=torch.float64),
+            seeds,
+            2,
+            "grady",
+            backend="torch",
+            preconditioner=preconditioner,
         )
         assert r.image_index.tolist() == [0, 0, 1, 1]
         it = r.iterations

@@ -34,7 +34,9 @@ def compare_with_skimage(data, labels, *, what: str, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # both warn about probabilities outside [0, 1] alike
         expected_labels = skimage_segmentation.random_walker(data, labels.copy(), mode="bf", **exact)
-        expected_prob = skimage_segmentation.random_walker(data, labels.copy(), return_full_prob=True, mode="bf", **exact)
+        expected_prob = skimage_segmentation.random_walker(
+            data, labels.copy(), return_full_prob=True, mode="bf", **exact
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got_labels = rt.random_walker(data, labels.copy(), **kwargs)
@@ -57,7 +59,9 @@ def compare_with_skimage(data, labels, *, what: str, **kwargs):
     decided |= labels != 0
     agreement = float(np.mean((got_labels == expected_labels)[decided]))
     bad = np.argwhere((got_labels != expected_labels) & decided)[:5].tolist()
-    assert agreement >= LABEL_AGREEMENT, f"{what}: labels agree on {agreement:.5f} of pixels; first differences at {bad}"
+    assert agreement >= LABEL_AGREEMENT, (
+        f"{what}: labels agree on {agreement:.5f} of pixels; first differences at {bad}"
+    )
 
 
 def quantile_markers(grey: np.ndarray, low=0.15, high=0.85) -> np.ndarray:
@@ -98,7 +102,10 @@ def test_matches_skimage_on_its_example_images(name, mode):
 
 
 def random_problem(rng, h, w, channels, num_labels, inactive: bool):
-    smooth = np.kron(rng.random((h // 4 + 1, w // 4 + 1) + ((channels,) if channels else ())), np.ones((4, 4) + ((1,) if channels else ())))
+    smooth = np.kron(
+        rng.random((h // 4 + 1, w // 4 + 1) + ((channels,) if channels else ())),
+        np.ones((4, 4) + ((1,) if channels else ())),
+    )
     data = smooth[:h, :w] + 0.1 * rng.standard_normal(smooth[:h, :w].shape)
     labels = np.zeros((h, w), dtype=np.int64)
     seeds = rng.random((h, w)) < 0.03
@@ -127,7 +134,9 @@ CASES = [
 @pytest.mark.parametrize(
     "h,w,channels,num_labels,inactive,dtype,tol",
     CASES,
-    ids=[f"{h}x{w}-c{c}-L{n}-{'inactive' if i else 'all'}-{np.dtype(d).name}-tol{t:g}" for h, w, c, n, i, d, t in CASES],
+    ids=[
+        f"{h}x{w}-c{c}-L{n}-{'inactive' if i else 'all'}-{np.dtype(d).name}-tol{t:g}" for h, w, c, n, i, d, t in CASES
+    ],
 )
 def test_matches_skimage_on_random_images(rng, h, w, channels, num_labels, inactive, dtype, tol):
     data, labels = random_problem(rng, h, w, channels, num_labels, inactive)
@@ -288,8 +297,12 @@ def test_triton_backend_agrees_with_torch():
     # beta 2: a well-conditioned problem, few iterations (the interpreter is slow).
     expected = rt.random_walker(data, labels, beta=2, tol=1e-10, return_full_prob=True)
     got = rt.random_walker(
-        torch.from_numpy(data).to(device), torch.from_numpy(labels).to(device), beta=2, tol=1e-6,
-        backend="triton", return_full_prob=True,
+        torch.from_numpy(data).to(device),
+        torch.from_numpy(labels).to(device),
+        beta=2,
+        tol=1e-6,
+        backend="triton",
+        return_full_prob=True,
     )
     np.testing.assert_allclose(got.cpu().numpy(), expected, atol=1e-5)
 
@@ -345,8 +358,20 @@ def test_non_convergence_warns_in_its_own_terms():
         ({}, (4, 5, 6), (4, 5, 6), NotImplementedError, "3D"),
         (dict(channel_axis=-1), (4, 5, 6, 2), (4, 5, 6), NotImplementedError, "3D"),
     ],
-    ids=["mode", "beta", "tol", "spacing-length", "spacing-zero", "copy", "channel-axis-type",
-         "channel-axis-range", "shape-mismatch", "1d", "3d-volume", "3d-multichannel"],
+    ids=[
+        "mode",
+        "beta",
+        "tol",
+        "spacing-length",
+        "spacing-zero",
+        "copy",
+        "channel-axis-type",
+        "channel-axis-range",
+        "shape-mismatch",
+        "1d",
+        "3d-volume",
+        "3d-multichannel",
+    ],
 )
 def test_bad_input_names_the_argument(kwargs, data_shape, labels_shape, error, match):
     data = np.zeros(data_shape)

@@ -131,7 +131,9 @@ def test_an_allocator_failure_during_the_solve_becomes_the_same_error(monkeypatc
     with pytest.raises(rt.PropagationMemoryError, match="out of memory during the solve"):
         rt.propagate(scores, seeds, 2, backend="torch")
     # other errors are not renamed
-    monkeypatch.setattr(torch_backend.TorchBackend, "solve", lambda self, *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(
+        torch_backend.TorchBackend, "solve", lambda self, *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
+    )
     with pytest.raises(RuntimeError, match="boom"):
         rt.propagate(scores, seeds, 2, backend="torch")
 
@@ -159,7 +161,6 @@ def test_an_address_space_limit_is_seen_in_a_subprocess():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "refused:" in done.stdout and "GiB" in done.stdout
-
 
 
 # ---- Grady: the partition of unity -----------------------------------------------------------

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 import rawks_triton as rt
-from rawks_triton.solve.choose import triton_available
 from rawks_triton import ConvergenceWarning
-
+from rawks_triton.solve.choose import triton_available
 from rawks_triton.testing import assert_close, compare_with_reference, random_scores, random_seeds
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,13 +9,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-import rawks_triton as rt
-from rawks_triton.solve.choose import triton_available
-from rawks_triton.backends.torch.multigrid import TorchMultigrid
-from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
-
-from rawks_triton.testing import assert_close, compare_with_reference, random_scores, random_seeds
 from test_multigrid import make_problem
+
+import rawks_triton as rt
+from rawks_triton.backends.torch.multigrid import TorchMultigrid
+from rawks_triton.solve.choose import triton_available
+from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
+from rawks_triton.testing import assert_close, compare_with_reference, random_scores, random_seeds
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 pytestmark = [

@@ -56,7 +56,7 @@ class Frame:
         """[B, size] -> [B, h, w] (a contiguous copy)."""
         return self.interior(v).contiguous()
 
-    def coarse(self) -> "Frame":
+    def coarse(self) -> Frame:
         """The frame of the grid of 2 x 2 blocks (an odd last row or column pairs with the border)."""
         return Frame((self.height + 1) // 2, (self.width + 1) // 2)
 

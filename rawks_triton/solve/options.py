@@ -13,6 +13,7 @@ import torch
 # checked on the true residual: a refresh then tells a stall from slow progress.
 STAGNATION_WINDOW = {"multigrid": 30, "jacobi": 300}
 
+
 class ConvergenceWarning(RuntimeWarning):
     """A random-walk solve stopped before its answer met the tolerance."""
 
@@ -79,16 +80,23 @@ class SolveStats:
         return bool(self.converged.all())
 
     @classmethod
-    def empty(cls, dtype: torch.dtype, device) -> "SolveStats":
+    def empty(cls, dtype: torch.dtype, device) -> SolveStats:
         """The statistics of a solve without systems."""
         new = dict(dtype=dtype, device=device)
         none = torch.zeros(0, dtype=torch.bool, device=device)
-        return cls(torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, **new), torch.zeros(0, **new), none, none)
+        return cls(
+            torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, **new), torch.zeros(0, **new), none, none
+        )
 
-    def to(self, device) -> "SolveStats":
+    def to(self, device) -> SolveStats:
         return SolveStats(
-            self.iterations.to(device), self.error.to(device), self.residual.to(device), self.converged.to(device),
-            self.stalled.to(device), self.maxiter, self.hit_maxiter,
+            self.iterations.to(device),
+            self.error.to(device),
+            self.residual.to(device),
+            self.converged.to(device),
+            self.stalled.to(device),
+            self.maxiter,
+            self.hit_maxiter,
         )
 
 
@@ -114,9 +122,10 @@ def report(stats: SolveStats, options: SolverOptions, what: str, image_index, la
     else:
         reason = f"maximum number of iterations reached (maxiter={stats.maxiter})"
         advice = (
-            "Increase `maxiter` or loosen `rtol`." if preconditioner == "multigrid"
+            "Increase `maxiter` or loosen `rtol`."
+            if preconditioner == "multigrid"
             else "Use preconditioner='multigrid' (iterations nearly independent of the image size), "
-                 "increase `maxiter`, or loosen `rtol`."
+            "increase `maxiter`, or loosen `rtol`."
         )
     message = (
         f"random-walk {what} solve did not converge for {int(failed.sum())} of {failed.numel()} systems: "
@@ -140,7 +149,9 @@ def _caller_stacklevel() -> int:
     level = 1
     while frame is not None:
         name = frame.f_globals.get("__name__", "")
-        if not (name == "rawks_triton" or name.startswith("rawks_triton.") or name == "torch" or name.startswith("torch.")):
+        if not (
+            name == "rawks_triton" or name.startswith("rawks_triton.") or name == "torch" or name.startswith("torch.")
+        ):
             return level
         frame = frame.f_back
         level += 1

@@ -216,7 +216,9 @@ class CertifiedPCG:
             progressed = torch.ones_like(failing)
         else:
             progressed = (
-                ~torch.isfinite(self.certified_measure) | (plain <= PROGRESS * self.certified_measure) | (certified <= 2.0)
+                ~torch.isfinite(self.certified_measure)
+                | (plain <= PROGRESS * self.certified_measure)
+                | (certified <= 2.0)
             )
             # Never return worse than the best certified iterate (a float32 solve pushed past
             # its floor can drift): systems that got worse go back to it, stalled.
@@ -226,7 +228,9 @@ class CertifiedPCG:
             rows = [r for r in self._fallback if bool(worse[r])]
             if rows:
                 error, rr, failing, plain = error.clone(), rr.clone(), failing.clone(), plain.clone()
-                self._set_x_rows(torch.tensor(rows, device=worse.device), torch.stack([self._fallback[r][0] for r in rows]))
+                self._set_x_rows(
+                    torch.tensor(rows, device=worse.device), torch.stack([self._fallback[r][0] for r in rows])
+                )
                 for r in rows:
                     _, error[r], rr[r] = self._fallback[r]
                     failing[r], plain[r] = True, self.certified_measure[r]
@@ -237,7 +241,7 @@ class CertifiedPCG:
             del self._fallback[r]  # a system that stops keeps its x; its fallback is not needed
         if bool(active.any()) and not first:  # systems that go on keep their best iterate to fall back on
             rows = (active & better).nonzero().squeeze(1)
-            for r, values in zip(rows.tolist(), self._x_rows(rows)):
+            for r, values in zip(rows.tolist(), self._x_rows(rows), strict=True):
                 self._fallback[r] = (values.clone(), error[r].clone(), rr[r].clone())
         if not first:
             self.certified_measure = torch.minimum(self.certified_measure, plain)
@@ -262,4 +266,3 @@ class CertifiedPCG:
             maxiter=maxiter,
             hit_maxiter=done >= maxiter > 0,
         )
-

@@ -17,6 +17,7 @@ import torch
 
 from .options import SolverOptions
 
+
 def tiny(t: torch.Tensor) -> float:
     return torch.finfo(t.dtype).tiny
 
@@ -45,7 +46,7 @@ class ForwardRule:
             threshold.clamp_(min=max(self.atol, tiny(scale)))
         self._scale, self._inv_threshold = scale, threshold.reciprocal_()
 
-    def restrict(self, rows: torch.Tensor) -> "ForwardRule":
+    def restrict(self, rows: torch.Tensor) -> ForwardRule:
         return self  # per-image weights: the layout gathers them
 
     def _max_weighted(self, groups, z, inv_img, buffer):
@@ -98,7 +99,7 @@ class AdjointRule:
         self._scale_or_tiny = torch.clamp(scale, min=tiny(scale))
         self._nothing = scale == 0
 
-    def restrict(self, rows: torch.Tensor) -> "AdjointRule":
+    def restrict(self, rows: torch.Tensor) -> AdjointRule:
         rule = AdjointRule.__new__(AdjointRule)
         rule.__dict__.update(self.__dict__)
         rule.x_working = self.x_forward.index_select(0, rows)
@@ -116,4 +117,3 @@ class AdjointRule:
 
     def error(self, groups, z: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
         return self._max_weighted(groups, z, self._scale_or_tiny, buffer)
-

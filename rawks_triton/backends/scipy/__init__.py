@@ -7,8 +7,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from ...solve.options import SolveStats, SolverOptions, relative_residual
 from ...reference import assemble_matrix, solvable_pixels
+from ...solve.options import SolverOptions, SolveStats, relative_residual
 from ...systems import LabelSystems, Stencil, coefficient_gradients
 
 

@@ -7,13 +7,14 @@ import torch
 
 from ...solve.layout import BORDER
 from ...solve.multigrid import Level, MultigridCycle, MultigridOptions
+from ...solve.multigrid.hierarchy import DEFAULT_OPTIONS
 from ...solve.stencil import StencilProduct
 
 
 class TorchMultigrid(MultigridCycle):
     """z = M r in plain torch (CPU or CUDA); the preconditioner of backend="torch"."""
 
-    def __init__(self, levels: list[Level], image_index: torch.Tensor, options: MultigridOptions = MultigridOptions()):
+    def __init__(self, levels: list[Level], image_index: torch.Tensor, options: MultigridOptions = DEFAULT_OPTIONS):
         super().__init__(levels, image_index, options)
         self._products = {}
         self._smoothers = {}
@@ -35,9 +36,9 @@ class TorchMultigrid(MultigridCycle):
         else:
             x.addcmul_(smoother, r)
 
-    def _restrict(self, l: int, res, coarse_rhs) -> None:
+    def _restrict(self, depth: int, res, coarse_rhs) -> None:
         """coarse_rhs = P^T res: the sum of p * res over the four pixels of each 2x2 block."""
-        level, coarse = self.levels[l], self.levels[l + 1]
+        level, coarse = self.levels[depth], self.levels[depth + 1]
         corners = _corners(level, coarse)
         res_c, p_c = corners(res), corners(level.prolongation)
         out = coarse.frame.interior(coarse_rhs)
@@ -45,9 +46,9 @@ class TorchMultigrid(MultigridCycle):
         for k in (1, 2, 3):
             out.addcmul_(res_c[k], p_c[k])
 
-    def _prolong(self, l: int, coarse_x, x) -> None:
+    def _prolong(self, depth: int, coarse_x, x) -> None:
         """x += correction_scale * P coarse_x."""
-        level, coarse = self.levels[l], self.levels[l + 1]
+        level, coarse = self.levels[depth], self.levels[depth + 1]
         corners = _corners(level, coarse)
         x_c, p_c = corners(x), corners(level.prolongation)
         e = coarse.frame.interior(coarse_x)

@@ -28,8 +28,14 @@ class TorchPCG(CertifiedPCG):
     """
 
     def __init__(
-        self, operator: Operator, preconditioner: Preconditioner, rhs: torch.Tensor, rule, options: SolverOptions,
-        certify=None, grid_shape=(),
+        self,
+        operator: Operator,
+        preconditioner: Preconditioner,
+        rhs: torch.Tensor,
+        rule,
+        options: SolverOptions,
+        certify=None,
+        grid_shape=(),
     ):
         count = rhs.shape[0]
         self._init_certification(count, options, certify, rhs.dtype, rhs.device, grid_shape)
@@ -222,4 +228,3 @@ class TorchPCG(CertifiedPCG):
         """[S] int64, iterations during which each system was active."""
         self._store()
         return self._full_iterations
-

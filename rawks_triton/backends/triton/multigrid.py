@@ -15,8 +15,8 @@ import torch
 import triton
 
 from ...kernels import mg_jacobi_kernel, mg_prolong_kernel, mg_residual_kernel, mg_restrict_kernel
-from ...solve.multigrid import Level, MultigridCycle, MultigridOptions, build_hierarchy
 from ...solve.layout import Frame
+from ...solve.multigrid import Level, MultigridCycle, MultigridOptions, build_hierarchy
 from ...systems import Stencil
 
 BLOCK = 1024

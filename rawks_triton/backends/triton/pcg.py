@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ...kernels import MAX_PARTIALS, cg_direction_matvec_kernel, cg_update_kernel, dot_partials_kernel
 from ...solve.options import SolverOptions
 from ...solve.pcg import CertifiedPCG
-from ...kernels import MAX_PARTIALS, cg_direction_matvec_kernel, cg_update_kernel, dot_partials_kernel
 from .operator import TritonOperator
 
 

@@ -6,8 +6,8 @@ A backend supplies the four grid primitives, on [G, k, size] views of framed vec
 
 * ``_residual(level, out, rhs, x)``: out = rhs - A x;
 * ``_jacobi(level, x, r, first)``: x += w D^-1 r (x = w D^-1 r when ``first``);
-* ``_restrict(l, res, coarse_rhs)``: coarse_rhs = P^T res;
-* ``_prolong(l, coarse_x, x)``: x += correction_scale P coarse_x.
+* ``_restrict(depth, res, coarse_rhs)``: coarse_rhs = P^T res;
+* ``_prolong(depth, coarse_x, x)``: x += correction_scale P coarse_x.
 
 The coarsest level is one batched dense product with its precomputed inverse (here).
 The torch primitives are :mod:`rawks_triton.backends.torch.multigrid`, the Triton ones
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..layout import ImageGroups
-from .hierarchy import Level, MultigridOptions, select_images
+from .hierarchy import DEFAULT_OPTIONS, Level, MultigridOptions, select_images
 
 
 class MultigridCycle:
@@ -31,7 +31,7 @@ class MultigridCycle:
     freed by :meth:`release`.
     """
 
-    def __init__(self, levels: list[Level], image_index: torch.Tensor, options: MultigridOptions = MultigridOptions()):
+    def __init__(self, levels: list[Level], image_index: torch.Tensor, options: MultigridOptions = DEFAULT_OPTIONS):
         self.options = options
         self.num_systems = int(image_index.numel())
         self.image_groups = ImageGroups(image_index, levels[0].diag.shape[0])
@@ -73,10 +73,10 @@ class MultigridCycle:
         """Free the work buffers (they are made again at the next application)."""
         self._buffers = None
 
-    def _buffer(self, name: str, l: int) -> torch.Tensor:
+    def _buffer(self, name: str, depth: int) -> torch.Tensor:
         if self._buffers is None:
             self._allocate()
-        return self._buffers[name][l]
+        return self._buffers[name][depth]
 
     def apply(self, r: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
         """out = M r for framed [S, size] vectors (zero border); returns out.
@@ -100,30 +100,30 @@ class MultigridCycle:
         self.apply(framed, out)
         return self.frame.unframe(out)
 
-    def _cycle(self, l: int, rhs: torch.Tensor, x: torch.Tensor) -> None:
-        """x = cycle of level l applied to rhs ([G, k, n]; x is overwritten)."""
-        level = self.levels[l]
+    def _cycle(self, depth: int, rhs: torch.Tensor, x: torch.Tensor) -> None:
+        """x = cycle of level ``depth`` applied to rhs ([G, k, n]; x is overwritten)."""
+        level = self.levels[depth]
         if level.coarsest_inverse is not None:
             self._coarsest(level, rhs, x)
             return
-        res = self._level0_residual if l == 0 else self._buffer("residual", l)
+        res = self._level0_residual if depth == 0 else self._buffer("residual", depth)
         steps = self.options.smoothing_steps
         # pre-smoothing from x = 0
         self._jacobi(level, x, rhs, first=True)
         for _ in range(steps - 1):
             self._jacobi(level, x, self._residual(level, res, rhs, x))
-        coarse_rhs, coarse_x = self._buffer("rhs", l + 1), self._buffer("x", l + 1)
-        self._restrict(l, self._residual(level, res, rhs, x), coarse_rhs)
-        coarse = self.levels[l + 1]
-        self._cycle(l + 1, coarse_rhs, coarse_x)
+        coarse_rhs, coarse_x = self._buffer("rhs", depth + 1), self._buffer("x", depth + 1)
+        self._restrict(depth, self._residual(level, res, rhs, x), coarse_rhs)
+        coarse = self.levels[depth + 1]
+        self._cycle(depth + 1, coarse_rhs, coarse_x)
         if self.options.cycle == "W" and coarse.coarsest_inverse is None:
             # a second cycle on the coarse residual: x_c += B_c (r_c - A_c x_c), symmetric as
             # the map r_c -> (2 B_c - B_c A_c B_c) r_c
-            rhs2, x2 = self._buffer("rhs2", l + 1), self._buffer("x2", l + 1)
+            rhs2, x2 = self._buffer("rhs2", depth + 1), self._buffer("x2", depth + 1)
             self._residual(coarse, rhs2, coarse_rhs, coarse_x)
-            self._cycle(l + 1, rhs2, x2)
+            self._cycle(depth + 1, rhs2, x2)
             coarse_x.add_(x2)
-        self._prolong(l, coarse_x, x)
+        self._prolong(depth, coarse_x, x)
         # post-smoothing
         for _ in range(steps):
             self._jacobi(level, x, self._residual(level, res, rhs, x))
@@ -139,8 +139,8 @@ class MultigridCycle:
     def _jacobi(self, level: Level, x, r, first: bool = False) -> None:
         raise NotImplementedError
 
-    def _restrict(self, l: int, res, coarse_rhs) -> None:
+    def _restrict(self, depth: int, res, coarse_rhs) -> None:
         raise NotImplementedError
 
-    def _prolong(self, l: int, coarse_x, x) -> None:
+    def _prolong(self, depth: int, coarse_x, x) -> None:
         raise NotImplementedError

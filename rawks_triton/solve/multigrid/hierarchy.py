@@ -82,6 +82,9 @@ class MultigridOptions:
             raise ValueError(f"`wall_ratio` must be > 0 or None, got {self.wall_ratio}")
 
 
+DEFAULT_OPTIONS = MultigridOptions()
+
+
 @dataclass
 class Level:
     """One level of the hierarchy: [G, 1, rows * cols] flat coefficients, 0 outside the image."""
@@ -204,7 +207,9 @@ def coarsest_inverse(A: torch.Tensor, eps: float | None = None) -> torch.Tensor:
     factor, info = torch.linalg.cholesky_ex(A * mask + torch.diag_embed(1.0 - keep))
     failed = info != 0
     if bool(failed.any()):  # a failed factor is not triangular-invertible: identity until replaced
-        factor = torch.where(failed.view(-1, *([1] * (factor.dim() - 1))), torch.eye(n, dtype=A.dtype, device=A.device), factor)
+        factor = torch.where(
+            failed.view(-1, *([1] * (factor.dim() - 1))), torch.eye(n, dtype=A.dtype, device=A.device), factor
+        )
     inverse = torch.cholesky_inverse(factor)
     if bool(failed.any()):
         # A nearly singular grounded block (rounding): its symmetric positive semi-definite
@@ -232,7 +237,7 @@ def _pad_even(t: torch.Tensor) -> torch.Tensor:
 
 
 def build_hierarchy(
-    stencil: Stencil, options: MultigridOptions = MultigridOptions(), framed: dict | None = None
+    stencil: Stencil, options: MultigridOptions = DEFAULT_OPTIONS, framed: dict | None = None
 ) -> list[Level]:
     """The levels of every image of ``stencil``: per-image [N, 1, (h + 2) (w + 2)] coefficients.
 
@@ -263,15 +268,21 @@ def build_hierarchy(
     right, down = stencil.right, stencil.down
     diag = stencil.diag * active  # seeds out: their identity rows are not aggregated
     excess = torch.clamp(diag - degree(right, down), min=0.0) * active
-    n_images = diag.shape[0]
     levels = []
     while True:
         height, width = diag.shape[-2:]
-        flat = lambda t: Frame(height, width).frame(t).unsqueeze(1)  # noqa: E731
+        frame = Frame(height, width)
         if not levels and framed is not None:
             level = Level(height, width, *(framed[name].unsqueeze(1) for name in ("diag", "right", "down", "inv_diag")))
         else:
-            level = Level(height, width, flat(diag), flat(right), flat(down), flat(_inverse(diag) * active))
+            level = Level(
+                height,
+                width,
+                frame.frame(diag).unsqueeze(1),
+                frame.frame(right).unsqueeze(1),
+                frame.frame(down).unsqueeze(1),
+                frame.frame(_inverse(diag) * active).unsqueeze(1),
+            )
         levels.append(level)
         if height * width <= options.coarsest_pixels or (height == 1 and width == 1):
             A = dense_matrix(_framed(diag), _framed(right), _framed(down))
@@ -280,8 +291,10 @@ def build_hierarchy(
         aggregated = active
         if options.wall_ratio is not None:
             aggregated = active * (excess <= options.wall_ratio * degree(right, down)).to(dtype)
-        p, excess, right, down = coarsen(*(_pad_even(t) for t in (excess, right, down, aggregated)), options.coarse_edge_scale)
-        level.prolongation = flat(p[:, :height, :width])
+        p, excess, right, down = coarsen(
+            *(_pad_even(t) for t in (excess, right, down, aggregated)), options.coarse_edge_scale
+        )
+        level.prolongation = frame.frame(p[:, :height, :width]).unsqueeze(1)
         diag = excess + degree(right, down)
         active = (diag > 0).to(dtype)
 
@@ -291,6 +304,12 @@ def select_images(level: Level, groups) -> Level:
     image with systems when they are uniform, else per system."""
     pick = lambda t: None if t is None else groups.select(t)  # noqa: E731
     return Level(
-        level.height, level.width, pick(level.diag), pick(level.right), pick(level.down),
-        pick(level.inv_diag), pick(level.prolongation), pick(level.coarsest_inverse),
+        level.height,
+        level.width,
+        pick(level.diag),
+        pick(level.right),
+        pick(level.down),
+        pick(level.inv_diag),
+        pick(level.prolongation),
+        pick(level.coarsest_inverse),
     )
