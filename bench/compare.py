@@ -20,7 +20,7 @@ Writes ``compare-<device>.csv`` (one row per method and problem), ``compare-<dev
 (machine, date, versions) and ``compare-<device>.png`` (Grady: time against pixels, log-log)
 to ``--out``; prints the tables, and with ``--write-docs`` writes them into
 docs/benchmarks.md between its ``<!-- compare-<device>...:begin/end -->`` markers, with the
-issue's targets (met or not) and every size and peer where this library is slower. Peers
+speed goals (met or not) and every size and peer where this library is slower. Peers
 that are not installed (``pip install -e .[bench]``) are left out with a note.
 
 This module is the command line; the runs are in bench/harness.py, the tables, CSV, plot and

@@ -1,6 +1,6 @@
 """Iterations, setup time and memory of multigrid-preconditioned CG against Jacobi-PCG.
 
-The problem (issue 5): a piecewise-constant scene of Voronoi regions, one scribble per
+The problem: a piecewise-constant scene of Voronoi regions, one scribble per
 region, labels cycling over ``--labels``. Boundary scores are exactly 0 inside the regions
 and ``--border`` on their borders; the "rawks" model (d = 4 exp(B), unit edges: a pure
 Laplacian inside the regions, killing only on the borders) and the "grady" node model

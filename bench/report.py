@@ -21,8 +21,8 @@ from bench.harness import CLOCK, PAPER_RAWKS_MS, PEERS, Measurement, cpu_model
 from bench.markers import append_between_markers, write_between_markers
 from rawks_triton.options import PRECONDITIONERS
 
-TARGET_VS_CG_J = 1.2  # issue 4: the torch backend within 1.2x of scikit-image cg_j at every size
-TARGET_RAWKS_MS = 80.0  # issue 4: RAWKS forward + backward, 128 x 96, 21 labels, CPU
+TARGET_VS_CG_J = 1.2  # goal: the torch backend within 1.2x of scikit-image cg_j at every size
+TARGET_RAWKS_MS = 80.0  # goal: RAWKS forward + backward, 128 x 96, 21 labels, CPU
 
 
 def machine_info(argv=None) -> dict:
@@ -153,7 +153,7 @@ def rawks_lines(rows: list[Measurement]) -> list[str]:
 
 
 def finding_lines(rows: list[Measurement]) -> list[str]:
-    """The issue's targets, met or not, and every (size, peer) where this library is slower."""
+    """The speed goals this comparison checks, met or not, and every (size, peer) where this library is slower."""
     lines = []
     by_key = {(r.section, r.method, r.height, r.width): r for r in rows if r.times}
     sizes = sorted({(r.height, r.width) for r in rows if r.section == "grady"}, key=lambda s: s[0] * s[1])

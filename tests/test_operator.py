@@ -92,3 +92,35 @@ def test_dense_and_sparse_reference_agree(rng):
     z = dense_solve(st.diag[0].numpy(), st.right[0].numpy(), st.down[0].numpy(), systems.free[0].numpy(), b.numpy())
     Zc = torch.from_numpy(z) + systems.seed_indicator(torch.float64)
     assert_close(result.Z[0, systems.label_index], Zc, atol=1e-12, name="Z")
+
+
+@pytest.mark.parametrize("h,w", [(1, 9), (7, 13), (6, 5)], ids=["1x9", "7x13", "6x5"])
+def test_torch_framed_outputs_are_written_everywhere(rng, h, w):
+    """The torch operator, the Jacobi preconditioner and the multigrid cycle write every
+    position of a NaN-filled output: the pixels equal the reference (for the cycle: its result on
+    a zeroed output), the border is 0."""
+    from rawks_triton.backends.torch.multigrid import TorchMultigrid
+    from rawks_triton.backends.torch.operator import FramedOperator, JacobiPreconditioner
+    from rawks_triton.solve.multigrid import build_hierarchy
+
+    _, systems, stencil = make_stencil(rng, "rawks", 2, h, w)
+    op = FramedOperator.from_stencil(stencil, systems.image_index)
+    frame = op.frame
+    x = torch.from_numpy(rng.standard_normal((systems.num_systems, h, w)))
+    x = x * systems.free_mask(x.dtype)
+    framed = frame.frame(x)
+    border = frame.frame(torch.ones_like(x)) == 0  # True on the border only
+    levels = build_hierarchy(stencil, framed=op.per_image)
+    cycle = TorchMultigrid(levels, systems.image_index)
+    jacobi = JacobiPreconditioner(op.per_image["inv_diag"], systems.image_index)
+    expected = {
+        "A x": stencil_matvec(stencil, systems.image_index, x),
+        "D^-1 x": x * stencil.inv_diag.index_select(0, systems.image_index),
+        "M x": frame.unframe(cycle.apply(framed, torch.zeros_like(framed))),  # the same on a zeroed output
+    }
+    for name, apply in (("A x", op.matvec), ("D^-1 x", jacobi.apply), ("M x", cycle.apply)):
+        out = torch.full_like(framed, float("nan"))
+        apply(framed, out)
+        assert bool(torch.isfinite(out).all()), f"{name}: unwritten (NaN) positions"
+        assert bool((out[border] == 0).all()), f"{name}: nonzero border"
+        assert_close(frame.unframe(out), expected[name], atol=1e-12, rtol=1e-12, name=name)

@@ -134,3 +134,29 @@ def test_without_triton_the_library_works_and_backend_triton_says_what_to_instal
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "rawks-triton[triton]" in out.stdout and "`backend`" in out.stdout
+
+
+def test_backends_meet_the_protocols():
+    import torch
+
+    from rawks_triton.backends import get_backend
+    from rawks_triton.coefficients import rawks_coefficients
+    from rawks_triton.solve.choose import triton_available
+    from rawks_triton.solve.options import SolverOptions
+    from rawks_triton.solve.protocols import Backend, Operator, Preconditioner
+    from rawks_triton.systems import build_stencil, compact_labels
+
+    seeds = torch.full((1, 5, 6), -1)
+    seeds[0, 0, 0], seeds[0, 4, 5] = 0, 1
+    systems = compact_labels(seeds, 2, -1)
+    stencil = build_stencil(*rawks_coefficients(torch.zeros(1, 5, 6, dtype=torch.float64)), systems.free)
+    names = ["scipy", "torch"] + (["triton"] if triton_available(torch.device("cpu")) else [])
+    for name in names:
+        for preconditioner in ("jacobi", "multigrid"):
+            backend = get_backend(name)(stencil, systems, SolverOptions(preconditioner=preconditioner))
+            assert isinstance(backend, Backend), (name, preconditioner)
+            if name == "torch":
+                assert isinstance(backend.op, Operator)
+                assert isinstance(backend.preconditioner, Preconditioner)
+            if name == "triton" and preconditioner == "multigrid":
+                assert isinstance(backend.preconditioner, Preconditioner)

@@ -1,4 +1,4 @@
-"""Regression tests of the robustness issue: gradients, memory and the defined results.
+"""Robustness: gradients, memory and the defined results.
 
 Each test names the defect it guards against (docs/numerics.md, "Gradients" and "Memory").
 """
