@@ -2,7 +2,7 @@
 
 Forward solves A z_l = b_l for every system; backward solves the adjoint system
 A lambda_l = dLoss/dz_l with the same operator (A is symmetric) and turns (lambda, z)
-into gradients of the coefficients (d, right, down) in one pass. Autograd chains those
+into gradients of the coefficients (d and the edges) in one pass. Autograd chains those
 to the boundary scores through the plain-torch coefficient formulas.
 """
 
@@ -39,6 +39,7 @@ class RandomWalkSolve(torch.autograd.Function):
         diag,
         right,
         down,
+        deep,
         systems: LabelSystems,
         backend_cls,
         options: SolverOptions,
@@ -47,9 +48,11 @@ class RandomWalkSolve(torch.autograd.Function):
     ):
         # No local reference to the stencil: a backend that keeps only its own layout of it
         # (the torch backend) lets the original go.
-        backend = backend_cls(build_stencil(diag, right, down, systems.free, unit_edges=unit_edges), systems, options)
+        stencil = build_stencil(diag, right, down, systems.free, unit_edges=unit_edges, deep=deep)
+        backend = backend_cls(stencil, systems, options)
+        del stencil
         # the right-hand sides are made inside the backend, which keeps them in its own layout
-        Z, stats = backend.solve(lambda: right_hand_sides(right, down, systems, diag.dtype))
+        Z, stats = backend.solve(lambda: right_hand_sides(right, down, systems, diag.dtype, deep=deep))
         record.forward = stats
         report(stats, options, "forward", systems.image_index, systems.label_index, options.preconditioner)
         Z += systems.seed_indicator(Z.dtype)  # x is 0 on seeds, so Z = x + the seed indicator, in place
@@ -80,14 +83,15 @@ class RandomWalkSolve(torch.autograd.Function):
         nonfinite = ~torch.isfinite(g).flatten(1).all(dim=1)
         poisoned = systems.per_image_sum(nonfinite.to(g.dtype)) > 0  # [N]
         if bool(poisoned.any()):
-            g.masked_fill_(poisoned.index_select(0, systems.image_index).view(-1, 1, 1), 0.0)
+            g.masked_fill_(poisoned.index_select(0, systems.image_index).view((-1,) + (1,) * systems.ndim), 0.0)
         # The adjoint right-hand side carries 1 / S, up to 1 / tau = 1e18 behind walls, and its
         # solution more: p'Ap would overflow float32. The system is linear, so each image's
         # right-hand sides are scaled by their largest entry (one factor per image, so that
         # the stopping rule's gradient scale, which mixes an image's labels, stays consistent).
         largest = systems.groups.image_max(g.abs().flatten(1).amax(dim=1))  # [N]
         scale = torch.where(largest > 0, largest, torch.ones_like(largest)).index_select(0, systems.image_index)
-        g.div_(scale.view(-1, 1, 1))
+        per_system = (-1,) + (1,) * systems.ndim
+        g.div_(scale.view(per_system))
         held = [g]
         del g  # handed over: the backend drops it once it holds its own copy
         try:
@@ -98,16 +102,17 @@ class RandomWalkSolve(torch.autograd.Function):
             raise memory.PropagationMemoryError(
                 f"rawks_triton: out of memory during the adjoint solve of backward ({err}). {memory.advice()}."
             ) from err
-        adjoint.mul_(scale.view(-1, 1, 1))
+        adjoint.mul_(scale.view(per_system))
         ctx.record.adjoint = stats
         report(stats, ctx.options, "adjoint", systems.image_index, systems.label_index, ctx.options.preconditioner)
-        edges = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        grads = ctx.backend.coefficient_gradients(adjoint, x, Z, edges)
+        edges = any(ctx.needs_input_grad[1:4])
+        grad_diag, grad_edges = ctx.backend.coefficient_gradients(adjoint, x, Z, edges)
+        grads = [grad_diag] + (list(grad_edges) if grad_edges is not None else [None] * systems.ndim)
+        grads += [None] * (3 - systems.ndim)  # no deep edges on images
         if bool(poisoned.any()):
-            nan = poisoned.view(-1, 1, 1)
-            grads = tuple(None if t is None else t.masked_fill(nan, float("nan")) for t in grads)
-        grad_diag, grad_right, grad_down = grads
-        return grad_diag, grad_right, grad_down, None, None, None, None, None
+            nan = poisoned.view((-1,) + (1,) * systems.ndim)
+            grads = [None if t is None else t.masked_fill(nan, float("nan")) for t in grads]
+        return (*grads, None, None, None, None, None)
 
 
 class Normalize(torch.autograd.Function):

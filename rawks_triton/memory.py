@@ -31,11 +31,12 @@ class PropagationMemoryError(MemoryError):
 
 
 def estimate_bytes(
-    backend: str, num_systems: int, n_images: int, height: int, width: int, dtype: torch.dtype, backward: bool
+    backend: str, num_systems: int, n_images: int, voxels: int, dtype: torch.dtype, backward: bool
 ) -> int:
+    """Bytes at the peak for ``voxels`` pixels (or voxels) per image."""
     per_system, per_image = FACTORS.get(backend, FACTORS["torch"])[1 if backward else 0]
     itemsize = 8 if backend == "scipy" else torch.finfo(dtype).bits // 8
-    return int((per_system * num_systems + per_image * n_images) * height * width * itemsize)
+    return int((per_system * num_systems + per_image * n_images) * voxels * itemsize)
 
 
 def _read_int(path: str) -> int | None:
@@ -106,20 +107,21 @@ def check_fits(
     backend: str,
     num_systems: int,
     n_images: int,
-    height: int,
-    width: int,
+    voxels: int,
+    where: str,
     dtype: torch.dtype,
     device: torch.device,
     backward: bool,
 ) -> None:
-    """Raise :class:`PropagationMemoryError` before allocating when the estimate exceeds what is available."""
-    need = estimate_bytes(backend, num_systems, n_images, height, width, dtype, backward)
+    """Raise :class:`PropagationMemoryError` before allocating when the estimate exceeds what is
+    available; ``where`` describes the grid ("512 x 512 pixels")."""
+    need = estimate_bytes(backend, num_systems, n_images, voxels, dtype, backward)
     have, source = available_bytes(device)
     if have is None or need <= have:
         return
     what = "forward and backward" if backward else "the forward solve"
     raise PropagationMemoryError(
-        f"rawks_triton.propagate: {what} of {num_systems} systems of {height} x {width} pixels in {dtype} "
+        f"rawks_triton.propagate: {what} of {num_systems} systems of {where} in {dtype} "
         f"({n_images} images, backend {backend!r}) needs about {_gib(need)}, more than the {_gib(have)} of "
         f'{source}. {advice()} (the memory model: docs/numerics.md, "Memory").'
     )

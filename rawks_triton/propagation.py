@@ -16,7 +16,7 @@ from torch import nn
 from . import _checks, memory
 from .autograd import Normalize, RandomWalkSolve, SolveRecord
 from .backends import get_backend
-from .coefficients import grady_edge_coefficients, grady_node_coefficients
+from .coefficients import grady_edge_coefficients, grady_node_coefficients, pad_last, shifted_pair
 from .options import PropagationOptions
 from .solve.choose import choose_solver
 from .solve.options import SolverOptions, SolveStats, warn_not_converged
@@ -108,22 +108,32 @@ class PropagationResult:
         return replace(self, P=self.P.detach(), Z=self.Z.detach())
 
 
-def _check_boundary(boundary: torch.Tensor, model: str) -> tuple[torch.Tensor, bool]:
-    """Returns the scores as [N, H, W] (or the edges as [N, 2, H, W]) and whether they are edges."""
+def _grid_ndim(seeds) -> int:
+    """2 for images ([N, H, W] seeds), 3 for volumes ([N, D, H, W] seeds): the seeds say."""
+    return 3 if isinstance(seeds, torch.Tensor) and seeds.dim() == 4 else 2
+
+
+def _check_boundary(boundary: torch.Tensor, model: str, ndim: int = 2) -> tuple[torch.Tensor, bool]:
+    """Returns the scores as [N, *grid] (or the edges as [N, ndim, *grid]) and whether they are edges."""
     _checks.check_tensor("boundary", boundary)
     _checks.check_float_dtype("boundary", boundary)
     shape = tuple(boundary.shape)
-    if boundary.dim() == 3:
+    if boundary.dim() == ndim + 1:
         scores, edges = boundary, False
-    elif boundary.dim() == 4 and shape[1] == 1:
+    elif boundary.dim() == ndim + 2 and shape[1] == 1:
         scores, edges = boundary[:, 0], False
-    elif boundary.dim() == 4 and shape[1] == 2 and model == "grady":
+    elif boundary.dim() == ndim + 2 and shape[1] == ndim and model == "grady":
         scores, edges = boundary, True
     else:
-        expected = "(N, H, W) or (N, 1, H, W)" + (" or (N, 2, H, W) edge weights" if model == "grady" else "")
-        raise ValueError(f"`boundary` must have shape {expected} for model={model!r}, got {shape}")
-    if scores.shape[-1] == 0 or scores.shape[-2] == 0:
-        raise ValueError(f"`boundary` must have H >= 1 and W >= 1, got shape {shape}")
+        grid = "H, W" if ndim == 2 else "D, H, W"
+        expected = f"(N, {grid}) or (N, 1, {grid})" + (
+            f" or (N, {ndim}, {grid}) edge weights" if model == "grady" else ""
+        )
+        seeds_say = "" if ndim == 2 else " (the seeds are [N, D, H, W]: a volume)"
+        raise ValueError(f"`boundary` must have shape {expected} for model={model!r}{seeds_say}, got {shape}")
+    if any(n == 0 for n in scores.shape[-ndim:]):
+        names = "H >= 1 and W >= 1" if ndim == 2 else "D >= 1, H >= 1 and W >= 1"
+        raise ValueError(f"`boundary` must have {names}, got shape {shape}")
     _checks.check_finite("boundary", scores)
     if model == "rawks" and scores.numel() and float(scores.detach().min()) < 0:
         raise ValueError(
@@ -139,11 +149,11 @@ def _check_seeds(seeds, scores: torch.Tensor, num_labels: int, ignore_index: int
     _checks.check_tensor("seeds", seeds)
     if seeds.dtype.is_floating_point or seeds.dtype.is_complex or seeds.dtype == torch.bool:
         raise TypeError(f"`seeds` must have an integer dtype (int64 label map), got {seeds.dtype}")
-    expected = (scores.shape[0],) + tuple(scores.shape[-2:])
+    ndim = seeds.dim() - 1 if seeds.dim() in (3, 4) else 2
+    expected = (scores.shape[0],) + tuple(scores.shape[-ndim:])
+    grid = "(N, H, W)" if ndim == 2 else "(N, D, H, W)"
     if tuple(seeds.shape) != expected:
-        raise ValueError(
-            f"`seeds` must have shape (N, H, W) = {expected} to match `boundary`, got {tuple(seeds.shape)}"
-        )
+        raise ValueError(f"`seeds` must have shape {grid} = {expected} to match `boundary`, got {tuple(seeds.shape)}")
     if seeds.device != scores.device:
         raise ValueError(f"`seeds` must be on the device of `boundary` ({scores.device}), got {seeds.device}")
     seeds = seeds.long()
@@ -157,20 +167,26 @@ def _check_seeds(seeds, scores: torch.Tensor, num_labels: int, ignore_index: int
     return seeds.contiguous()
 
 
-def _coefficients(scores: torch.Tensor, edges: bool, model: str):
+def _coefficients(scores: torch.Tensor, edges: bool, model: str, ndim: int = 2):
+    """(diag, right, down, deep): deep is None on images, the edges are None for "rawks"."""
     if model == "rawks":  # unit edges: no edge arrays at all (build_stencil makes the cut ones)
-        return 4.0 * torch.exp(torch.clamp(scores, max=rawks_score_ceiling(scores.dtype))), None, None
+        diag = 2.0 * ndim * torch.exp(torch.clamp(scores, max=rawks_score_ceiling(scores.dtype)))
+        return diag, None, None, None
     # P is invariant to a common scale of the Grady conductances, so each image's are
     # normalised (the largest edge weight is 1, the smallest score 0) with a detached factor:
     # the gradient is unchanged, and neither a shift of the scores nor a scale of the edges
     # can overflow or underflow the dtype. Conductances below the dtype's range after that
     # (a contrast beyond exp(87) in float32) are 0: the edge is cut.
+    per_image = (-1,) + (1,) * ndim
     if edges:
-        used = torch.cat([scores[:, 0, :, :-1].flatten(1), scores[:, 1, :-1, :].flatten(1)], dim=1).detach()
+        used = [shifted_pair(scores[:, axis], axis)[0].flatten(1) for axis in range(ndim)]  # edges in the grid
+        used = torch.cat(used, dim=1).detach()
         largest = used.amax(dim=1) if used.shape[1] else used.new_ones(used.shape[0])
-        largest = torch.where(largest > 0, largest, torch.ones_like(largest)).view(-1, 1, 1, 1)
-        return grady_edge_coefficients(scores / largest)
-    return grady_node_coefficients(scores - scores.detach().flatten(1).amin(dim=1).view(-1, 1, 1))
+        largest = torch.where(largest > 0, largest, torch.ones_like(largest)).view((-1, 1) + (1,) * ndim)
+        coefficients = grady_edge_coefficients(scores / largest)
+    else:
+        coefficients = grady_node_coefficients(scores - scores.detach().flatten(1).amin(dim=1).view(per_image), ndim)
+    return coefficients + (None,) * (4 - len(coefficients))
 
 
 def propagate(
@@ -234,12 +250,15 @@ def propagate(
         )
     options = PropagationOptions(**{name: value for name, value in locals().items() if name in OPTION_NAMES})
     num_labels = options.check_labels(num_labels, model)
-    scores, edges = _check_boundary(boundary, model)
+    ndim = _grid_ndim(seeds)
+    scores, edges = _check_boundary(boundary, model, ndim)
     seeds = _check_seeds(seeds, scores, num_labels, options.ignore_index)
-    n_images, height, width = seeds.shape
+    n_images, grid = seeds.shape[0], tuple(seeds.shape[1:])
+    voxels = math.prod(grid)
+    where = " x ".join(str(n) for n in grid) + (" pixels" if ndim == 2 else " voxels")
     systems = compact_labels(seeds, num_labels, options.ignore_index)
     backend, preconditioner = choose_solver(
-        options.backend, options.preconditioner, scores.device, height, width, model
+        options.backend, options.preconditioner, scores.device, grid[-2], grid[-1], model, depth=math.prod(grid[:-2])
     )
     scores = scores.contiguous()
     dtype, device = scores.dtype, scores.device
@@ -250,26 +269,26 @@ def propagate(
         backend,
         systems.num_systems,
         n_images,
-        height,
-        width,
+        voxels,
+        where,
         dtype,
         device,
         backward=scores.requires_grad and torch.is_grad_enabled(),
     )
     record = SolveRecord()
-    Z = scores.new_zeros((n_images * num_labels if systems.num_systems < n_images * num_labels else 0, height, width))
+    Z = scores.new_zeros((n_images * num_labels if systems.num_systems < n_images * num_labels else 0,) + grid)
     if systems.num_systems:
-        diag, right, down = _coefficients(scores, edges, model)
+        diag, right, down, deep = _coefficients(scores, edges, model, ndim)
         try:
             Zc = RandomWalkSolve.apply(
-                diag, right, down, systems, get_backend(backend), options, record, model == "rawks"
+                diag, right, down, deep, systems, get_backend(backend), options, record, model == "rawks"
             )
         except (RuntimeError, MemoryError) as err:
             if not memory.is_allocation_failure(err) or isinstance(err, memory.PropagationMemoryError):
                 raise
             raise memory.PropagationMemoryError(
                 f"rawks_triton.propagate: out of memory during the solve of {systems.num_systems} systems of "
-                f"{height} x {width} pixels in {dtype} ({err}). {memory.advice()}."
+                f"{where} in {dtype} ({err}). {memory.advice()}."
             ) from err
         if systems.num_systems == n_images * num_labels:  # every label in every image: already in order
             Z = Zc
@@ -290,19 +309,20 @@ def propagate(
             record.forward.residual,
             record.forward.converged,
         )
-    Z = Z.view(n_images, num_labels, height, width)
+    Z = Z.view((n_images, num_labels) + grid)
 
     # Rounding can leave iterates a hair below 0; P is built from the non-negative part.
     with torch.no_grad():
         total = Z.clamp(min=0.0).sum(dim=1)
     reachable = total > tau
     if model == "grady" and systems.num_systems:
-        converged = _check_partition_of_unity(total, right, down, systems, options, converged)
+        edge_arrays = (right, down) + ((deep,) if ndim == 3 else ())
+        converged = _check_partition_of_unity(total, edge_arrays, systems, options, converged)
     present = systems.present.to(dtype)
     count = present.sum(dim=1, keepdim=True)
     # Unreachable pixels: uniform over the labels present (over all labels without seeds).
     uniform = torch.where(count > 0, present / count.clamp(min=1), torch.full_like(present, 1.0 / num_labels))
-    P = Normalize.apply(Z, total, reachable, uniform.view(n_images, num_labels, 1, 1))
+    P = Normalize.apply(Z, total, reachable, uniform.view((n_images, num_labels) + (1,) * ndim))
     return PropagationResult(
         P=P,
         Z=Z,
@@ -321,7 +341,7 @@ def propagate(
     )
 
 
-def _check_partition_of_unity(total, right, down, systems, options: SolverOptions, converged: torch.Tensor):
+def _check_partition_of_unity(total, edges, systems, options: SolverOptions, converged: torch.Tensor):
     """Grady: sum_l Z_l is exactly 1 on a pixel connected to a seed and 0 elsewhere.
 
     So it is the same at both ends of every edge of nonzero conductance. A total far from
@@ -337,10 +357,12 @@ def _check_partition_of_unity(total, right, down, systems, options: SolverOption
     count = systems.present.sum(dim=1).clamp(min=1).to(total.dtype)  # [N] labels present
     eps = torch.finfo(total.dtype).eps
     bound = count * max(10.0 * options.rtol, 1e3 * eps) + options.atol * count
-    bound = bound.view(-1, 1, 1)
-    off = torch.minimum(total, (total - 1.0).abs()) > bound  # [N, H, W]
-    off[:, :, 1:] |= (right[:, :, :-1] > 0) & ((total[:, :, 1:] - total[:, :, :-1]).abs() > bound)
-    off[:, 1:, :] |= (down[:, :-1, :] > 0) & ((total[:, 1:, :] - total[:, :-1, :]).abs() > bound)
+    bound = bound.view((-1,) + (1,) * (total.dim() - 1))
+    off = torch.minimum(total, (total - 1.0).abs()) > bound  # [N, *grid]
+    for axis, weight in enumerate(edges):  # the two ends of every edge of nonzero conductance
+        here, there = shifted_pair(total, axis)
+        jump = (shifted_pair(weight, axis)[0] > 0) & ((there - here).abs() > bound)
+        off |= pad_last(jump, axis).roll(1, dims=total.dim() - 1 - axis)  # marked at the far end
     # only images whose solves all converged: the others have warned already
     failed = systems.per_image_sum((~converged).to(total.dtype).to(total.device))
     bad_images = off.flatten(1).any(dim=1) & (failed == 0)

@@ -110,7 +110,7 @@ def test_a_request_far_beyond_memory_is_refused_before_allocating():
 
 def test_the_estimate_is_compared_with_what_is_available(monkeypatch):
     scores, seeds = batch(torch.float32)
-    need = memory.estimate_bytes("torch", 4, 2, 10, 12, torch.float32, backward=False)
+    need = memory.estimate_bytes("torch", 4, 2, 10 * 12, torch.float32, backward=False)
     assert need == (12 * 4 + 12 * 2) * 10 * 12 * 4
     monkeypatch.setattr(memory, "available_bytes", lambda device: (need - 1, "a test's limit"))
     with pytest.raises(rt.PropagationMemoryError, match="a test's limit"):

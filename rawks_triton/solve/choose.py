@@ -16,6 +16,8 @@ BACKENDS = ("auto", "scipy", "torch", "triton")
 # the multigrid preconditioner at every size; on learned boundaries Jacobi-PCG cannot meet
 # the stopping rule in any reasonable number of iterations (docs/benchmarks.md).
 DIRECT_MAX_PIXELS = 512 * 512
+# Volumes: the multigrid hierarchy is built for images only so far; CG on volumes uses Jacobi.
+volume_multigrid = False
 
 TRITON_MISSING = (
     "`backend`='triton' needs the triton package, which is not installed: CUDA builds of torch bring it, "
@@ -41,7 +43,13 @@ def triton_available(device: torch.device) -> bool:
 
 
 def choose_solver(
-    backend: str, preconditioner: str, device: torch.device, height: int, width: int, model: str = "grady"
+    backend: str,
+    preconditioner: str,
+    device: torch.device,
+    height: int,
+    width: int,
+    model: str = "grady",
+    depth: int = 1,
 ) -> tuple[str, str]:
     """(backend, preconditioner) for ``backend`` and ``preconditioner`` that may be "auto".
 
@@ -50,13 +58,13 @@ def choose_solver(
       ``DIRECT_MAX_PIXELS`` pixels and the preconditioner is left to "auto", else "torch".
     * preconditioner "auto": "multigrid" for the CG backends, "none" for the direct solver.
     """
-    pixels = height * width
+    pixels = depth * height * width  # voxels, for a volume of ``depth`` slices
     direct = device.type == "cpu" and preconditioner == "auto" and model == "grady" and pixels <= DIRECT_MAX_PIXELS
     backend = "scipy" if backend == "auto" and direct else resolve_backend(backend, device)
     if backend == "scipy":
         return backend, "none"
     if preconditioner == "auto":
-        preconditioner = "multigrid"
+        preconditioner = "multigrid" if volume_multigrid or depth == 1 else "jacobi"
     return backend, preconditioner
 
 

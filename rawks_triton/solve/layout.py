@@ -1,8 +1,9 @@
 """The one vector layout of every solver, and how systems map onto their images.
 
-**Frame.** An h x w grid is stored with a one-pixel zero border, flattened: a vector of
-one system is (h + 2) (w + 2) numbers, and the four neighbours of a flat position k are
-k -+ 1 and k -+ (w + 2). The torch and Triton backends and every level of the multigrid
+**Frame.** An h x w grid (or a d x h x w volume) is stored with a one-pixel zero border,
+flattened: a vector of one system is (h + 2) (w + 2) numbers ((d + 2) (h + 2) (w + 2) for a
+volume), and the neighbours of a flat position k are k -+ 1, k -+ (w + 2) and, in a volume,
+k -+ (h + 2) (w + 2). The torch and Triton backends and every level of the multigrid
 hierarchy use it, for vectors ([S, size]) and per-image coefficients ([N, size]) alike.
 The coefficients are 0 on the border, and the right edge weight is 0 in the last column,
 so a stencil product needs no masks and rows never mix; the border of a vector stays 0.
@@ -20,45 +21,60 @@ BORDER = 1  # the width of the zero border around every grid
 
 
 class Frame:
-    """The framed layout of an h x w grid (see the module docstring)."""
+    """The framed layout of an h x w grid, or of a d x h x w volume (see the module docstring).
 
-    def __init__(self, height: int, width: int):
-        self.height, self.width = int(height), int(width)
+    ``offsets`` are the flat distances to the next neighbour along each axis, in the order of
+    the edge arrays (:attr:`rawks_triton.systems.Stencil.edges`): along x (1), along y
+    (``row``) and, for a volume, along z (``plane``).
+    """
+
+    def __init__(self, *shape: int):
+        if len(shape) not in (2, 3):
+            raise ValueError(f"a frame has 2 or 3 dimensions, got shape {shape}")
+        self.shape = tuple(int(n) for n in shape)
+        self.ndim = len(self.shape)
+        self.depth = self.shape[0] if self.ndim == 3 else 1
+        self.height, self.width = self.shape[-2:]
         self.row = self.width + 2 * BORDER  # the stride between vertically adjacent pixels
         self.rows = self.height + 2 * BORDER
-        self.size = self.rows * self.row
+        self.plane = self.rows * self.row  # the stride between adjacent slices of a volume
+        self.framed_shape = tuple(n + 2 * BORDER for n in self.shape)
+        self.size = self.plane * (self.depth + 2 * BORDER if self.ndim == 3 else 1)
+        self.offsets = (1, self.row) + ((self.plane,) if self.ndim == 3 else ())
         # [lo, hi): the flat range from the first to the last pixel; it holds every pixel,
         # and the border positions inside it have zero coefficients.
-        self.lo, self.hi = self.row + BORDER, self.size - self.row - BORDER
+        self.lo = sum(self.offsets) * BORDER
+        self.hi = self.size - self.lo
 
     def __repr__(self) -> str:
-        return f"Frame({self.height}, {self.width})"
+        return f"Frame{self.shape}"
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Frame) and (self.height, self.width) == (other.height, other.width)
+        return isinstance(other, Frame) and self.shape == other.shape
 
     def __hash__(self) -> int:
-        return hash((self.height, self.width))
+        return hash(self.shape)
 
     def frame(self, t: torch.Tensor) -> torch.Tensor:
-        """[B, h, w] -> [B, size], zero border, contiguous (a new tensor)."""
-        return F.pad(t, (BORDER,) * 4).flatten(-2)
+        """[B, *shape] -> [B, size], zero border, contiguous (a new tensor)."""
+        return F.pad(t, (BORDER,) * (2 * self.ndim)).flatten(-self.ndim)
 
     def grid(self, v: torch.Tensor) -> torch.Tensor:
-        """[..., size] -> its [..., h + 2, w + 2] view."""
-        return v.view(tuple(v.shape[:-1]) + (self.rows, self.row))
+        """[..., size] -> its [..., *framed_shape] view."""
+        return v.view(tuple(v.shape[:-1]) + self.framed_shape)
 
     def interior(self, v: torch.Tensor) -> torch.Tensor:
-        """[..., size] -> the [..., h, w] view of the grid inside the border."""
-        return self.grid(v)[..., BORDER:-BORDER, BORDER:-BORDER]
+        """[..., size] -> the [..., *shape] view of the grid inside the border."""
+        inside = (slice(BORDER, -BORDER),) * self.ndim
+        return self.grid(v)[(Ellipsis,) + inside]
 
     def unframe(self, v: torch.Tensor) -> torch.Tensor:
-        """[B, size] -> [B, h, w] (a contiguous copy)."""
+        """[B, size] -> [B, *shape] (a contiguous copy)."""
         return self.interior(v).contiguous()
 
     def coarse(self) -> Frame:
         """The frame of the grid of 2 x 2 blocks (an odd last row or column pairs with the border)."""
-        return Frame((self.height + 1) // 2, (self.width + 1) // 2)
+        return Frame(*self.shape[:-2], (self.height + 1) // 2, (self.width + 1) // 2)
 
 
 class ImageGroups:

@@ -32,11 +32,12 @@ class SolverOptions:
     preconditioner: str = "multigrid"
     tau: float = 1e-18  # the reach threshold of the model (rawks_triton.propagation.reach_threshold)
 
-    def maxiter_for(self, height: int, width: int) -> int:
-        """``maxiter`` or, when None, a bound that grows with the image side as Jacobi-PCG does."""
+    def maxiter_for(self, *grid: int) -> int:
+        """``maxiter`` or, when None, a bound that grows with the grid's sides as Jacobi-PCG
+        does: 10 (H + W) + 1000 on images, 10 (D + H + W) + 1000 on volumes."""
         if self.maxiter is not None:
             return self.maxiter
-        return 10 * (height + width) + 1000
+        return 10 * sum(grid) + 1000
 
     def checks_every(self, device: torch.device) -> int:
         """Iterations between host checks: ``check_every``, or every iteration on the CPU (a

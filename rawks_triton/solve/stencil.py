@@ -4,7 +4,8 @@ path (the CG operator and every multigrid level), on the framed layout of
 form (the exact scipy reference, the dense coarsest level of the multigrid) is built from.
 
 Coefficients: ``diag`` d_i; ``right`` the weight of the edge (i, i + 1), 0 in the last
-column; ``down`` the weight of the edge (i, i + row), 0 in the last row.
+column; ``down`` the weight of the edge (i, i + row), 0 in the last row; in a volume
+``deep`` the weight of the edge (i, i + plane), 0 in the last slice.
 """
 
 from __future__ import annotations
@@ -15,27 +16,23 @@ import torch
 class StencilProduct:
     """out = A x, or out = rhs - A x, for framed vectors [..., size] (see the module docstring).
 
-    ``diag``, ``right``, ``down`` are framed coefficients that broadcast against the vectors
-    (per image [N, 1, size] against [N, k, size] when the k systems of an image share them).
-    The neighbours of flat position k are k -+ 1 and k -+ ``row``; the coefficients are 0 on
-    the border and ``right`` is 0 in the last column, so no mask is needed and every
-    position of ``out`` is written (0 on the border for a finite x). The views of a pair of
-    buffers are made once (``cache=True``) and kept until :meth:`release`.
+    ``diag`` and the ``edges`` (one array per axis, the weight of the edge from each position
+    to the next one along the axis, ``offsets`` away: right, down and, in a volume, deep) are
+    framed coefficients that broadcast against the vectors (per image [N, 1, size] against
+    [N, k, size] when the k systems of an image share them). The coefficients are 0 on the
+    border and every edge array is 0 at the last position along its axis, so no mask is
+    needed and every position of ``out`` is written (0 on the border for a finite x). The
+    views of a pair of buffers are made once (``cache=True``) and kept until :meth:`release`.
     """
 
-    def __init__(self, diag: torch.Tensor, right: torch.Tensor, down: torch.Tensor, row: int, cache: bool = False):
+    def __init__(self, diag: torch.Tensor | None, edges, offsets, cache: bool = False):
         self.diag = diag
-        self.row = row
-        # (weight, slice of out, slice of x): y_k -= w(k, k+1) x_{k+1}, w(k-1, k) x_{k-1},
-        # w(k, k+row) x_{k+row} and w(k-row, k) x_{k-row}, in this order.
-        ahead, behind = slice(None, -1), slice(1, None)
-        up, below = slice(None, -row), slice(row, None)
-        self.terms = (
-            (right[..., :-1], ahead, behind),
-            (right[..., :-1], behind, ahead),
-            (down[..., :-row], up, below),
-            (down[..., :-row], below, up),
-        )
+        # (weight, slice of out, slice of x) per term: y_k -= w(k, k+o) x_{k+o} and
+        # w(k-o, k) x_{k-o} for each axis offset o, in this order.
+        self.terms = []
+        for weight, o in zip(edges, offsets, strict=True):
+            ahead, behind = slice(None, -o), slice(o, None)
+            self.terms += [(weight[..., :-o], ahead, behind), (weight[..., :-o], behind, ahead)]
         self._cache = {} if cache else None
 
     def _views(self, x: torch.Tensor, out: torch.Tensor):
@@ -73,28 +70,31 @@ class StencilProduct:
             self._cache.clear()
 
 
-def stencil_entries(diag: torch.Tensor, right: torch.Tensor, down: torch.Tensor):
-    """The nonzero pattern and values of A for [N, h, w] coefficients on the unframed grid.
+def stencil_entries(diag: torch.Tensor, *edges: torch.Tensor):
+    """The nonzero pattern and values of A for [N, *shape] coefficients on the unframed grid.
 
-    Returns (rows [E], cols [E], values [N, E] float64) over the h w unknowns (flat index
-    i = y w + x): the diagonal, then every right and every down edge in both directions.
+    ``edges`` are right, down (and deep, for a volume [N, d, h, w]). Returns (rows [E],
+    cols [E], values [N, E] float64) over the unknowns (flat C-order index): the diagonal,
+    then the edges of every axis in both directions.
     """
-    n, height, width = diag.shape
-    idx = torch.arange(height * width, device=diag.device).view(height, width)
-    r0, d0 = idx[:, :-1].reshape(-1), idx[:-1, :].reshape(-1)
-    r1, d1 = r0 + 1, d0 + width
-    w_r = right[:, :, :-1].reshape(n, -1).double()
-    w_d = down[:, :-1, :].reshape(n, -1).double()
-    rows = torch.cat([idx.reshape(-1), r0, r1, d0, d1])
-    cols = torch.cat([idx.reshape(-1), r1, r0, d1, d0])
-    values = torch.cat([diag.reshape(n, -1).double(), -w_r, -w_r, -w_d, -w_d], dim=1)
-    return rows, cols, values
+    n, shape = diag.shape[0], tuple(diag.shape[1:])
+    idx = torch.arange(diag[0].numel(), device=diag.device).view(shape)
+    rows, cols, values = [idx.reshape(-1)], [idx.reshape(-1)], [diag.reshape(n, -1).double()]
+    for axis, weight in enumerate(edges):
+        dim = len(shape) - 1 - axis  # right: the last dimension, down: the one before, deep: the first
+        first = idx.narrow(dim, 0, shape[dim] - 1).reshape(-1)
+        second = idx.narrow(dim, 1, shape[dim] - 1).reshape(-1)
+        w = weight.narrow(dim + 1, 0, shape[dim] - 1).reshape(n, -1).double()
+        rows += [first, second]
+        cols += [second, first]
+        values += [-w, -w]
+    return torch.cat(rows), torch.cat(cols), torch.cat(values, dim=1)
 
 
-def dense_matrix(diag: torch.Tensor, right: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """The [N, h w, h w] float64 matrix diag(d) - W of [N, h, w] coefficients."""
-    n, height, width = diag.shape
-    rows, cols, values = stencil_entries(diag, right, down)
-    A = torch.zeros(n, height * width, height * width, dtype=torch.float64, device=diag.device)
+def dense_matrix(diag: torch.Tensor, *edges: torch.Tensor) -> torch.Tensor:
+    """The [N, n, n] float64 matrix diag(d) - W of [N, *shape] coefficients (n unknowns)."""
+    n, size = diag.shape[0], diag[0].numel()
+    rows, cols, values = stencil_entries(diag, *edges)
+    A = torch.zeros(n, size, size, dtype=torch.float64, device=diag.device)
     A[:, rows, cols] = values
     return A

@@ -28,15 +28,14 @@ class DirectBackend:
     def _factorise(self, rhs: torch.Tensor) -> None:
         stencil, systems = self.stencil, self.systems
         d = stencil.diag.detach().double().cpu().numpy()
-        r = stencil.right.detach().double().cpu().numpy()
-        dn = stencil.down.detach().double().cpu().numpy()
+        edges = [e.detach().double().cpu().numpy() for e in stencil.edges]
         free = systems.free.cpu().numpy()
         seed_adjacent = systems.per_image_sum(rhs.detach().abs()).cpu().numpy() > 0
         image_index = systems.image_index.cpu().numpy()
         self.factors = {}
         for n in np.unique(image_index):
-            A = assemble_matrix(d[n], r[n], dn[n])
-            keep = np.flatnonzero(solvable_pixels(r[n], dn[n], free[n], seed_adjacent[n]))
+            A = assemble_matrix(d[n], *(e[n] for e in edges))
+            keep = np.flatnonzero(solvable_pixels([e[n] for e in edges], free[n], seed_adjacent[n]))
             sub = A[keep][:, keep].tocsc()
             lu = _factor(sub) if keep.size else None
             if lu is None and keep.size:

@@ -23,7 +23,7 @@ class TorchMultigrid(MultigridCycle):
         """out = rhs - A x (the stencil product of every solver path)."""
         product = self._products.get(id(level))
         if product is None:
-            product = self._products[id(level)] = StencilProduct(level.diag, level.right, level.down, level.row)
+            product = self._products[id(level)] = StencilProduct(level.diag, level.edges, level.frame.offsets)
         return product(x, out, rhs=rhs)
 
     def _jacobi(self, level: Level, x, r, first: bool = False) -> None:

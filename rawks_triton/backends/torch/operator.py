@@ -17,7 +17,8 @@ from ...solve.layout import Frame, ImageGroups
 from ...solve.stencil import StencilProduct
 from ...systems import Stencil
 
-COEFFICIENTS = ("diag", "right", "down", "inv_diag")
+EDGES = ("right", "down", "deep")  # along x, y, z: the order of Frame.offsets
+COEFFICIENTS = ("diag", "right", "down", "deep", "inv_diag")
 
 
 class FramedOperator:
@@ -28,13 +29,14 @@ class FramedOperator:
         self.image_index = image_index  # [S] image of each system
         self.frame = frame
         self.groups = ImageGroups(image_index, next(iter(per_image.values())).shape[0])
-        spread = {name: self.groups.spread(per_image[name]) for name in ("diag", "right", "down")}
-        self._product = StencilProduct(spread["diag"], spread["right"], spread["down"], frame.row, cache=True)
+        edges = [self.groups.spread(per_image[name]) for name in EDGES[: frame.ndim]]
+        self._product = StencilProduct(self.groups.spread(per_image["diag"]), edges, frame.offsets, cache=True)
 
     @classmethod
     def from_stencil(cls, stencil: Stencil, image_index: torch.Tensor) -> FramedOperator:
         frame = Frame(*stencil.shape[1:])
-        return cls({name: frame.frame(getattr(stencil, name)) for name in COEFFICIENTS}, image_index, frame)
+        names = [name for name in COEFFICIENTS if getattr(stencil, name) is not None]
+        return cls({name: frame.frame(getattr(stencil, name)) for name in names}, image_index, frame)
 
     def restrict(self, rows: torch.Tensor) -> FramedOperator:
         return FramedOperator(self.per_image, self.image_index.index_select(0, rows), self.frame)

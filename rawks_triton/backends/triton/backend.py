@@ -25,6 +25,10 @@ class TritonBackend:
         if options.preconditioner not in ("jacobi", "multigrid"):
             name = options.preconditioner
             raise ValueError(f"`preconditioner` must be 'jacobi' or 'multigrid' with backend='triton', got {name!r}")
+        if stencil.ndim != 2:
+            raise NotImplementedError(
+                "backend='triton' solves images only so far; use backend='torch' or 'scipy' for volumes"
+            )
         n_images = stencil.shape[0]
         if n_images > MAX_GRID_Y:
             raise ValueError(f"backend='triton' takes at most {MAX_GRID_Y} images per call, got {n_images}")
@@ -75,5 +79,6 @@ class TritonBackend:
 
     def coefficient_gradients(self, adjoint, x, Z, edges: bool):
         framed = (self.frame.frame(t) for t in (adjoint, x, Z))
-        grads = self.op.coefficient_gradients(*framed, self.first_system, edges)
-        return tuple(None if g is None else self.frame.unframe(g) for g in grads)
+        grad_diag, grad_right, grad_down = self.op.coefficient_gradients(*framed, self.first_system, edges)
+        grad_edges = (self.frame.unframe(grad_right), self.frame.unframe(grad_down)) if edges else None
+        return self.frame.unframe(grad_diag), grad_edges

@@ -97,10 +97,17 @@ class Level:
     inv_diag: torch.Tensor  # 1 / diag on unknowns with diag > 0, else 0
     prolongation: torch.Tensor | None = None  # p_i in {0, 1}; None on the coarsest level
     coarsest_inverse: torch.Tensor | None = None  # [G, n, n] on the coarsest level
+    deep: torch.Tensor | None = None  # the z edges of a volume's level
+    depth: int | None = None  # the slices of a volume's level
 
     @property
     def frame(self) -> Frame:
-        return Frame(self.height, self.width)
+        return Frame(self.height, self.width) if self.depth is None else Frame(self.depth, self.height, self.width)
+
+    @property
+    def edges(self) -> tuple[torch.Tensor, ...]:
+        """The edge arrays in the order of :attr:`Frame.offsets`."""
+        return (self.right, self.down) + ((self.deep,) if self.deep is not None else ())
 
     @property
     def size(self) -> int:
@@ -261,6 +268,8 @@ def build_hierarchy(
     then shares them instead of holding copies. Its diagonal is 1 on seeds where level 0's
     own is 0: the same cycle, since every vector of the cycle is 0 on seeds.
     """
+    if stencil.ndim != 2:
+        raise NotImplementedError("build_hierarchy: the multigrid hierarchy of volumes is not implemented")
     if options.coarsest_pixels < 1:
         raise ValueError(f"`coarsest_pixels` must be at least 1, got {options.coarsest_pixels}")
     dtype = stencil.diag.dtype
