@@ -68,8 +68,8 @@ def _check_inputs(P, q_logits, alpha, reachable, reduction):
     _checks.check_tensor("q_logits", q_logits)
     _checks.check_float_dtype("P", P)
     _checks.check_float_dtype("q_logits", q_logits)
-    if P.dim() != 4:
-        raise ValueError(f"`P` must have shape (N, L, H, W), got {tuple(P.shape)}")
+    if P.dim() not in (4, 5):
+        raise ValueError(f"`P` must have shape (N, L, H, W) or, for volumes, (N, L, D, H, W), got {tuple(P.shape)}")
     if tuple(q_logits.shape) != tuple(P.shape):
         raise ValueError(f"`q_logits` must have the shape of `P` {tuple(P.shape)}, got {tuple(q_logits.shape)}")
     if q_logits.device != P.device:
@@ -81,7 +81,8 @@ def _check_inputs(P, q_logits, alpha, reachable, reduction):
         if reachable.dtype != torch.bool:
             raise TypeError(f"`reachable` must be a bool tensor, got {reachable.dtype}")
         if tuple(reachable.shape) != expected:
-            raise ValueError(f"`reachable` must have shape (N, H, W) = {expected}, got {tuple(reachable.shape)}")
+            grid = "(N, H, W)" if P.dim() == 4 else "(N, D, H, W)"
+            raise ValueError(f"`reachable` must have shape {grid} = {expected}, got {tuple(reachable.shape)}")
         if reachable.device != P.device:
             raise ValueError(f"`reachable` must be on the device of `P` ({P.device}), got {reachable.device}")
     _checks.check_choice("reduction", reduction, REDUCTIONS)
@@ -125,14 +126,14 @@ def rawks_loss(
     """sum_x w(x) KL(P(x) || Q(x)) + H(P(x)) over the reachable pixels (paper eq. 11).
 
     Args:
-        P: [N, L, H, W] label probabilities from :func:`rawks_triton.propagate`
-            (differentiable with respect to the boundary scores).
-        q_logits: [N, L, H, W] logits of the segmentation network, Q = softmax(q_logits).
+        P: [N, L, H, W] (or, for volumes, [N, L, D, H, W]) label probabilities from
+            :func:`rawks_triton.propagate` (differentiable with respect to the boundary scores).
+        q_logits: logits of the segmentation network in P's shape, Q = softmax(q_logits).
         alpha: >= 0, the sharpness of the weights w = exp(-alpha H(P)).
-        reachable: optional [N, H, W] bool, ``PropagationResult.reachable``; pixels
+        reachable: optional [N, *grid] bool, ``PropagationResult.reachable``; pixels
             where it is False contribute nothing.
         reduction: "mean" (over the counted pixels; 0 when there are none), "sum",
-            or "none" (the [N, H, W] per-pixel loss, 0 on uncounted pixels).
+            or "none" (the [N, *grid] per-pixel loss, 0 on uncounted pixels).
         detach_weight: treat w as a constant (default; see the module docstring).
     """
     _check_inputs(P, q_logits, alpha, reachable, reduction)

@@ -132,7 +132,11 @@ def test_entropy_and_weights_helpers():
     "kwargs, error, match",
     [
         (dict(P=[[0.5]]), TypeError, r"`P` must be a torch.Tensor, got list"),
-        (dict(P=torch.zeros(2, 3, 4)), ValueError, r"`P` must have shape \(N, L, H, W\), got \(2, 3, 4\)"),
+        (
+            dict(P=torch.zeros(2, 3, 4)),
+            ValueError,
+            r"`P` must have shape \(N, L, H, W\) or, for volumes, \(N, L, D, H, W\), got \(2, 3, 4\)",
+        ),
         (dict(P=torch.zeros(1, 2, 3, 4, dtype=torch.int64)), TypeError, r"`P` must have dtype float32 or float64"),
         (
             dict(q_logits=torch.zeros(1, 3, 3, 4)),
@@ -168,3 +172,15 @@ def test_bad_input(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         rt.rawks_loss(**args)
+
+
+def test_loss_on_volumes_is_the_loss_of_its_voxels():
+    """[N, L, D, H, W]: the same per-voxel terms as the slices laid side by side as images."""
+    generator = torch.Generator().manual_seed(0)
+    P = torch.softmax(torch.randn(2, 3, 4, 5, 6, generator=generator, dtype=torch.float64), dim=1)
+    q = torch.randn(2, 3, 4, 5, 6, generator=generator, dtype=torch.float64)
+    reachable = torch.rand(2, 4, 5, 6, generator=generator) > 0.2
+    as_images = lambda t: t.movedim(2, 1).reshape(8, 3, 5, 6) if t.dim() == 5 else t.reshape(8, 5, 6)  # noqa: E731
+    volume = rt.rawks_loss(P, q, reachable=reachable, reduction="none")
+    images = rt.rawks_loss(as_images(P), as_images(q), reachable=as_images(reachable), reduction="none")
+    assert_close(volume.reshape(8, 5, 6), images, atol=1e-14, name="per-voxel loss")
