@@ -15,6 +15,9 @@ BACKENDS = ("auto", "scipy", "torch", "triton")
 # (fastest with 3 and with 21 labels at every measured size up to 512 x 512). RAWKS: CG with
 # the multigrid preconditioner at every size; on learned boundaries Jacobi-PCG cannot meet
 # the stopping rule in any reasonable number of iterations (docs/benchmarks.md).
+# Volumes: the direct solve's fill-in grows much faster in 3D; Grady, 3 labels, float64 LU
+# against float32 Jacobi-CG, one thread: 24^3 0.41 s vs 0.30 s, 32^3 2.2 s vs 0.67 s, 48^3
+# 22.9 s vs 2.5 s, an ACDC volume (10 x 256 x 216, 4 labels) 172 s: CG on every volume.
 DIRECT_MAX_PIXELS = 512 * 512
 # Volumes: the multigrid hierarchy is built for images only so far; CG on volumes uses Jacobi.
 volume_multigrid = False
@@ -60,6 +63,7 @@ def choose_solver(
     """
     pixels = depth * height * width  # voxels, for a volume of ``depth`` slices
     direct = device.type == "cpu" and preconditioner == "auto" and model == "grady" and pixels <= DIRECT_MAX_PIXELS
+    direct = direct and depth == 1  # volumes: never (the LU's fill-in, see DIRECT_MAX_PIXELS)
     backend = "scipy" if backend == "auto" and direct else resolve_backend(backend, device)
     if backend == "scipy":
         return backend, "none"
