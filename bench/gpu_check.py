@@ -15,7 +15,12 @@
 2. Timings with ``triton.testing.do_bench`` (median and 20-80 percentiles) of forward and
    forward+backward at 512x512, batch 8, 3 labels per image, the default rtol, triton
    against torch in the same run, for each preconditioner.
-3. Achieved bandwidth of the CG iterations against a device-to-device copy measured in
+3. Volumes (Jacobi-PCG, the one preconditioner of backend="triton" on volumes): the same
+   correctness check on 2 volumes of 3 labels (``--volume-sizes``), and the timings of
+   forward and forward+backward for 8 volumes of 64^3 with 3 labels (``--volume-bench-size``,
+   ``--volume-batch``), triton against torch. On CUDA these are on by default; with
+   ``--device cpu`` only when given (the interpreter is far too slow for 64^3).
+4. Achieved bandwidth of the CG iterations against a device-to-device copy measured in
    the same run: bytes per iteration are counted as in docs/kernels.md ("Bytes per CG
    iteration"), times the forward iterations of every system, over the forward time. The
    count leaves out the multigrid cycle's own traffic, the host's convergence checks and
@@ -51,9 +56,11 @@ P_FACTOR, GRAD_FACTOR = 5.0, 10.0
 ROUNDING = 100.0
 BENCH_RTOL = 1e-3  # the timings run at the library's default tolerance
 DATA_SEED = 0
+VOLUME_SIZES = (16, 64)  # the volume correctness check on CUDA
+VOLUME_BENCH_SIZE, VOLUME_BATCH = 64, 8  # the volume timings on CUDA: 8 volumes of 64^3
 
 
-def vector_passes(jacobi: bool) -> int:
+def vector_passes(jacobi: bool) -> int:  # the same on images and volumes
     """Vector passes (each element of a system's vector read or written once) per CG iteration.
 
     Launch 1 reads r (or z) and p_old, writes p_new and A p: 4. Launch 2 reads x, r, p and
@@ -63,14 +70,23 @@ def vector_passes(jacobi: bool) -> int:
     return 10 if jacobi else 12
 
 
-def coefficient_passes(jacobi: bool) -> int:
-    """Per-image coefficient passes per system and iteration: d, right, down (+ 1/d twice for Jacobi)."""
-    return 5 if jacobi else 3
+def coefficient_passes(jacobi: bool, volume: bool = False) -> int:
+    """Per-image coefficient passes per system and iteration: d, right, down (and deep on
+    volumes), plus 1/d twice for Jacobi."""
+    return (4 if volume else 3) + (2 if jacobi else 0)
 
 
-def bytes_per_iteration(num_systems: int, pixels: int, dtype: torch.dtype, jacobi: bool = True) -> int:
+def bytes_per_iteration(
+    num_systems: int, pixels: int, dtype: torch.dtype, jacobi: bool = True, volume: bool = False
+) -> int:
     element = torch.finfo(dtype).bits // 8
-    return (vector_passes(jacobi) + coefficient_passes(jacobi)) * num_systems * pixels * element
+    return (vector_passes(jacobi) + coefficient_passes(jacobi, volume)) * num_systems * pixels * element
+
+
+def framed_span(size: int, volume: bool) -> int:
+    """hi - lo of the frame of a size x size image or size^3 volume: the positions the kernels move."""
+    row = size + 2
+    return size * row * row - 2 * row - 2 if volume else size * row - 2
 
 
 def timer(device: torch.device, cpu_repeats: int = 3):
@@ -97,11 +113,27 @@ def timer(device: torch.device, cpu_repeats: int = 3):
     return wall_time
 
 
-def problem(size: int, batch: int, labels: int, model: str, dtype, device):
+def problem(size: int, batch: int, labels: int, model: str, dtype, device, volume: bool = False):
+    if volume:
+        return volume_problem(size, batch, labels, dtype, device)
     from bench.problems import make_batch
 
     b = make_batch(size, size, labels, batch, dtype=dtype, device=device)
     return b.inputs(model), b.seeds
+
+
+def volume_problem(size: int, batch: int, labels: int, dtype, device):
+    """``batch`` size^3 volumes: node scores uniform in [0, 2), and per volume and label a
+    seed cube of 2^3 voxels at a random place (drawn from a generator seeded by the shape)."""
+    generator = torch.Generator().manual_seed(zlib.crc32(repr((DATA_SEED, "volume", size, batch, labels)).encode()))
+    scores = 2.0 * torch.rand((batch, size, size, size), generator=generator, dtype=torch.float64)
+    seeds = torch.full((batch, size, size, size), -1, dtype=torch.int64)
+    corners = torch.randint(0, max(size - 1, 1), (batch, labels, 3), generator=generator)
+    for n in range(batch):
+        for label in range(labels):
+            z, y, x = corners[n, label].tolist()
+            seeds[n, z : z + 2, y : y + 2, x : x + 2] = label
+    return scores.to(device=device, dtype=dtype), seeds.to(device)
 
 
 def loss_weights(shape, dtype, device, *key) -> torch.Tensor:
@@ -122,12 +154,13 @@ def converged(result) -> bool:
     return bool(result.converged.all()) and (adjoint is None or bool(adjoint.all()))
 
 
-def compare_backends(model, dtype, size, preconditioner, device, batch=2, labels=3) -> dict:
-    """One correctness row: triton against torch on the same problem and loss."""
+def compare_backends(model, dtype, size, preconditioner, device, batch=2, labels=3, volume=False) -> dict:
+    """One correctness row: triton against torch on the same problem and loss (images, or
+    size^3 volumes)."""
     import rawks_triton as rt
 
     rtol = CHECK_RTOL[dtype]
-    boundary, seeds = problem(size, batch, labels, model, dtype, device)
+    boundary, seeds = problem(size, batch, labels, model, dtype, device, volume)
     leaves, results = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rt.ConvergenceWarning)  # reported in the row instead
@@ -144,7 +177,8 @@ def compare_backends(model, dtype, size, preconditioner, device, batch=2, labels
         settled = ((S["triton"] >= 10 * tau) & (S["torch"] >= 10 * tau)) | (
             (S["triton"] <= tau / 10) & (S["torch"] <= tau / 10)
         )
-        weights = loss_weights(tuple(tri.P.shape), dtype, device, model, str(dtype), size, preconditioner)
+        key = (model, str(dtype), size, preconditioner) + (("volume",) if volume else ())
+        weights = loss_weights(tuple(tri.P.shape), dtype, device, *key)
         weights = weights * settled.unsqueeze(1)
         grads = {}
         for backend, result in results.items():
@@ -167,6 +201,7 @@ def compare_backends(model, dtype, size, preconditioner, device, batch=2, labels
         model=model,
         dtype=str(dtype).replace("torch.", ""),
         size=size,
+        volume=volume,
         preconditioner=preconditioner,
         rtol=rtol,
         p_diff=p_diff,
@@ -185,20 +220,29 @@ def compare_backends(model, dtype, size, preconditioner, device, batch=2, labels
     )
 
 
-def check_correctness(sizes, models, device, log, preconditioners=("multigrid", "jacobi")) -> list[dict]:
+def grid_name(size: int, volume: bool) -> str:
+    return f"{size}^3" if volume else str(size)
+
+
+def check_correctness(
+    sizes, models, device, log, preconditioners=("multigrid", "jacobi"), volume_sizes=()
+) -> list[dict]:
+    """Images of every size with each preconditioner, then volumes with Jacobi."""
     rows = []
     for model in models:
         for dtype in (torch.float32, torch.float64):
-            for preconditioner in preconditioners:
-                for size in sizes:
-                    row = compare_backends(model, dtype, size, preconditioner, device)
-                    log(
-                        f"  {model:5} {row['dtype']:7} {preconditioner:9} {size:5}  max|dP| {row['p_diff']:.1e} "
-                        f"(tol {row['p_tol']:.1e})  grad rel {row['grad_rel_diff']:.1e} (tol {row['grad_tol']:.1e})  "
-                        f"iters {row['iterations']}/{row['torch_iterations']}  "
-                        f"{'converged' if row['converged'] else 'NOT converged'}  {'ok' if row['ok'] else 'MISMATCH'}"
-                    )
-                    rows.append(row)
+            cases = [(p, size, False) for p in preconditioners for size in sizes]
+            cases += [("jacobi", size, True) for size in volume_sizes]
+            for preconditioner, size, volume in cases:
+                row = compare_backends(model, dtype, size, preconditioner, device, volume=volume)
+                log(
+                    f"  {model:5} {row['dtype']:7} {preconditioner:9} {grid_name(size, volume):>5}  "
+                    f"max|dP| {row['p_diff']:.1e} "
+                    f"(tol {row['p_tol']:.1e})  grad rel {row['grad_rel_diff']:.1e} (tol {row['grad_tol']:.1e})  "
+                    f"iters {row['iterations']}/{row['torch_iterations']}  "
+                    f"{'converged' if row['converged'] else 'NOT converged'}  {'ok' if row['ok'] else 'MISMATCH'}"
+                )
+                rows.append(row)
     return rows
 
 
@@ -210,13 +254,15 @@ def copy_bandwidth(device, measure, nbytes=1 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
-def time_solves(size, batch, labels, models, device, measure, preconditioners, log) -> list[dict]:
+def time_solves(size, batch, labels, models, device, measure, preconditioners, log, volume=False) -> list[dict]:
     import rawks_triton as rt
 
     rows = []
+    grid = (size,) * (3 if volume else 2)
     for model in models:
-        boundary, seeds = problem(size, batch, labels, model, torch.float32, device)
-        weights = loss_weights((batch, labels, size, size), torch.float32, device, "timing", model, size)
+        boundary, seeds = problem(size, batch, labels, model, torch.float32, device, volume)
+        key = ("timing", model, size) + (("volume",) if volume else ())
+        weights = loss_weights((batch, labels) + grid, torch.float32, device, *key)
         for preconditioner in preconditioners:
             for backend in ("torch", "triton"):
                 kw = dict(model=model, backend=backend, rtol=BENCH_RTOL, preconditioner=preconditioner)
@@ -235,16 +281,17 @@ def time_solves(size, batch, labels, models, device, measure, preconditioners, l
                     fwd, fwd_bwd = measure(forward), measure(forward_backward)
                 # Bytes of the triton kernels' CG passes (docs/kernels.md) times the forward
                 # iterations of every system; the torch backend moves other (more) traffic.
-                # The kernels move the framed range [lo, hi) of every vector: h (w + 2) - 2 positions.
+                # The kernels move the framed range [lo, hi) of every vector (framed_span).
                 iterations = int(result.iterations.sum())
-                span = size * (size + 2) - 2
-                per_iteration = bytes_per_iteration(1, span, torch.float32, preconditioner == "jacobi")
+                jacobi = preconditioner == "jacobi"
+                per_iteration = bytes_per_iteration(1, framed_span(size, volume), torch.float32, jacobi, volume)
                 gbps = per_iteration * iterations / (fwd[0] * 1e-3) / 1e9 if backend == "triton" else None
                 row = dict(
                     model=model,
                     backend=backend,
                     preconditioner=preconditioner,
                     size=size,
+                    volume=volume,
                     batch=batch,
                     labels=labels,
                     forward_ms=fwd,
@@ -256,7 +303,8 @@ def time_solves(size, batch, labels, models, device, measure, preconditioners, l
                     gbps=gbps,
                 )
                 log(
-                    f"  {model:5} {backend:6} {preconditioner:9} fwd {fwd[0]:8.2f} ms  fwd+bwd {fwd_bwd[0]:8.2f} ms  "
+                    f"  {model:5} {backend:6} {preconditioner:9} {grid_name(size, volume):>5} "
+                    f"fwd {fwd[0]:8.2f} ms  fwd+bwd {fwd_bwd[0]:8.2f} ms  "
                     f"iters {row['max_iterations']}/{row['max_adjoint_iterations']}  "
                     + (f"{gbps:.0f} GB/s" if gbps is not None else "")
                     + ("" if row["converged"] else "  NOT converged")
@@ -269,7 +317,8 @@ def tables(check_rows, time_rows, copy_gbps, info) -> str:
     lines = [f"Device: {info['device']}; {info['date']}; torch {info['torch']}, triton {info['triton']}.", ""]
     rtols = " / ".join(f"{rtol:g} {str(dtype).replace('torch.', '')}" for dtype, rtol in CHECK_RTOL.items())
     lines += [
-        f"Correctness, triton against torch on the same device (2 images, 3 labels, seeded data and loss, "
+        f"Correctness, triton against torch on the same device (2 images or volumes (size^3), 3 labels, seeded "
+        f"data and loss, "
         f"rtol {rtols}). Tolerances: {P_FACTOR:g} (P) and {GRAD_FACTOR:g} (gradient, relative to its largest "
         f"entry) times the sum of both solves' accuracies, max(rtol, certified error estimate):",
         "",
@@ -279,7 +328,8 @@ def tables(check_rows, time_rows, copy_gbps, info) -> str:
     ]
     for r in check_rows:
         lines.append(
-            f"| {r['model']} | {r['dtype']} | {r['preconditioner']} | {r['size']} | {r['p_diff']:.1e} | "
+            f"| {r['model']} | {r['dtype']} | {r['preconditioner']} | {grid_name(r['size'], r['volume'])} | "
+            f"{r['p_diff']:.1e} | "
             f"{r['p_tol']:.1e} | {r['grad_rel_diff']:.1e} | {r['grad_tol']:.1e} | {r['error']:.1e} | "
             f"{r['iterations']}/{r['torch_iterations']}, {r['adjoint_iterations']}/{r['torch_adjoint_iterations']} | "
             f"{'yes' if r['converged'] else 'no'} | {'yes' if r['ok'] else 'NO'} |"
@@ -295,15 +345,16 @@ def tables(check_rows, time_rows, copy_gbps, info) -> str:
         "max iterations (fwd, adjoint) | converged | CG GB/s | % of copy | speed-up fwd+bwd vs torch |",
         "|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|",
     ]
-    base = {(r["model"], r["preconditioner"]): r for r in time_rows if r["backend"] == "torch"}
+    base = {(r["model"], r["preconditioner"], r["volume"]): r for r in time_rows if r["backend"] == "torch"}
     for r in time_rows:
-        ref = base.get((r["model"], r["preconditioner"]))
+        ref = base.get((r["model"], r["preconditioner"], r["volume"]))
         speedup = f"{ref['forward_backward_ms'][0] / r['forward_backward_ms'][0]:.2f}x" if ref else "-"
         f, fb = r["forward_ms"], r["forward_backward_ms"]
         gbps = "-" if r["gbps"] is None else f"{r['gbps']:.0f}"
         share = "-" if r["gbps"] is None else f"{100 * r['gbps'] / copy_gbps:.0f}%"
         lines.append(
-            f"| {r['model']} | {r['preconditioner']} | {r['backend']} | {r['size']} | {r['batch']} x {r['labels']} | "
+            f"| {r['model']} | {r['preconditioner']} | {r['backend']} | {grid_name(r['size'], r['volume'])} | "
+            f"{r['batch']} x {r['labels']} | "
             f"{f[0]:.2f} [{f[1]:.2f}, {f[2]:.2f}] | {fb[0]:.2f} [{fb[1]:.2f}, {fb[2]:.2f}] | "
             f"{r['max_iterations']}, {r['max_adjoint_iterations']} | {'yes' if r['converged'] else 'no'} | "
             f"{gbps} | {share} | {speedup} |"
@@ -322,6 +373,13 @@ def main(argv=None) -> int:
         "--preconditioners", nargs="+", default=["multigrid", "jacobi"], choices=["multigrid", "jacobi"]
     )
     parser.add_argument("--models", nargs="+", default=["rawks", "grady"], choices=["rawks", "grady"])
+    parser.add_argument(
+        "--volume-sizes", type=int, nargs="*", help=f"volume correctness sizes (CUDA default {list(VOLUME_SIZES)})"
+    )
+    parser.add_argument(
+        "--volume-bench-size", type=int, help=f"volume timing size, 0 for none (CUDA default {VOLUME_BENCH_SIZE})"
+    )
+    parser.add_argument("--volume-batch", type=int, default=VOLUME_BATCH)
     parser.add_argument("--cpu-repeats", type=int, default=3, help="timed calls per measurement without CUDA")
     parser.add_argument("--write-docs", metavar="PATH", help="write the tables between <!-- gpu-check --> markers")
     args = parser.parse_args(argv)
@@ -345,10 +403,14 @@ def main(argv=None) -> int:
         triton=triton.__version__,
         timer="`triton.testing.do_bench`" if device.type == "cuda" else "wall clock",
     )
+    # The volume cases run on CUDA by default; under the interpreter only when asked for.
+    on_gpu = device.type == "cuda"
+    volume_sizes = args.volume_sizes if args.volume_sizes is not None else list(VOLUME_SIZES) if on_gpu else []
+    volume_bench = args.volume_bench_size if args.volume_bench_size is not None else VOLUME_BENCH_SIZE * on_gpu
     log = print
     log(f"{info['device']}  {info['date']}")
     log("correctness:")
-    check_rows = check_correctness(args.sizes, args.models, device, log, args.preconditioners)
+    check_rows = check_correctness(args.sizes, args.models, device, log, args.preconditioners, volume_sizes)
     measure = timer(device, args.cpu_repeats)
     copy_gbps = copy_bandwidth(device, measure, nbytes=(1 << 30) if device.type == "cuda" else (1 << 22))
     log(f"device-to-device copy: {copy_gbps:.0f} GB/s")
@@ -356,6 +418,10 @@ def main(argv=None) -> int:
     time_rows = time_solves(
         args.bench_size, args.batch, args.labels, args.models, device, measure, args.preconditioners, log
     )
+    if volume_bench:
+        time_rows += time_solves(
+            volume_bench, args.volume_batch, args.labels, args.models, device, measure, ["jacobi"], log, volume=True
+        )
     text = tables(check_rows, time_rows, copy_gbps, info)
     print()
     print(text)

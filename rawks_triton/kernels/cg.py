@@ -5,7 +5,7 @@ Iteration i, per system s (M = diag(inv_diag), the Jacobi preconditioner):
   launch 1, ``cg_direction_matvec_kernel``
       rz = sum(partials of r' M r),  rr = sum(partials of r' r)      (from launch 2 of i-1)
       active = active and rr > tol^2;  beta = rz / rz_prev
-      p_new = M r + beta p_old   (at k and its 4 neighbours: no stored z = M r)
+      p_new = M r + beta p_old   (at k and its 4 or 6 neighbours: no stored z = M r)
       Ap = A p_new;  partials of p_new' Ap
   launch 2, ``cg_update_kernel``
       alpha = rz / sum(partials of p' Ap)
@@ -31,7 +31,7 @@ reads z where it would form M r, and launch 2 leaves the r' M r partials alone.
 import triton
 import triton.language as tl
 
-from .stencil import chunk_bounds, load_5point, stencil_product, store_partials, system_of_program
+from .stencil import chunk_bounds, load_stencil, stencil_product, store_partials, system_of_program
 
 
 @triton.jit
@@ -45,12 +45,13 @@ def _tree_sum(part_ptr, s, T, MAX_PARTIALS: tl.constexpr):
 @triton.jit
 def cg_direction_matvec_kernel(
     z_ptr, p_old_ptr, p_new_ptr, ap_ptr,  # [S, size]; z_ptr holds r when JACOBI, else z = M r
-    diag_ptr, right_ptr, down_ptr, inv_diag_ptr,  # [N, size]
+    diag_ptr, right_ptr, down_ptr, deep_ptr, inv_diag_ptr,  # [N, size]; deep read only when THREE_D
     image_index_ptr, tol2_ptr,  # [S]
     rz_part_ptr, rr_part_ptr, pap_part_ptr,  # [S, T]
     rz_cur_ptr, rz_next_ptr, active_cur_ptr, active_next_ptr,  # [S]
-    size, row, lo, hi, T,
+    size, row, plane, lo, hi, T,
     JACOBI: tl.constexpr,
+    THREE_D: tl.constexpr,
     BLOCK: tl.constexpr,
     MAX_PARTIALS: tl.constexpr,
 ):
@@ -69,16 +70,25 @@ def cg_direction_matvec_kernel(
         for first in range(start, stop, BLOCK):
             offs = first + tl.arange(0, BLOCK)
             m = (offs >= lo) & (offs < stop)
-            z, z_right, z_left, z_down, z_up = load_5point(z_ptr, v_base, offs, m, row)
+            z, z_right, z_left, z_down, z_up, z_deep, z_shallow = load_stencil(
+                z_ptr, v_base, offs, m, row, plane, THREE_D
+            )
             if JACOBI:
-                inv, inv_right, inv_left, inv_down, inv_up = load_5point(inv_diag_ptr, c_base, offs, m, row)
+                inv, inv_right, inv_left, inv_down, inv_up, inv_deep, inv_shallow = load_stencil(
+                    inv_diag_ptr, c_base, offs, m, row, plane, THREE_D
+                )
                 z, z_right, z_left = z * inv, z_right * inv_right, z_left * inv_left
                 z_down, z_up = z_down * inv_down, z_up * inv_up
-            q, q_right, q_left, q_down, q_up = load_5point(p_old_ptr, v_base, offs, m, row)
+                if THREE_D:
+                    z_deep, z_shallow = z_deep * inv_deep, z_shallow * inv_shallow
+            q, q_right, q_left, q_down, q_up, q_deep, q_shallow = load_stencil(
+                p_old_ptr, v_base, offs, m, row, plane, THREE_D
+            )
             p = z + beta * q
             ap = stencil_product(
-                diag_ptr, right_ptr, down_ptr, c_base, offs, m, row,
+                diag_ptr, right_ptr, down_ptr, deep_ptr, c_base, offs, m, row, plane,
                 p, z_right + beta * q_right, z_left + beta * q_left, z_down + beta * q_down, z_up + beta * q_up,
+                z_deep + beta * q_deep, z_shallow + beta * q_shallow, THREE_D,
             )
             tl.store(p_new_ptr + v_base + offs, p, mask=m)
             tl.store(ap_ptr + v_base + offs, ap, mask=m)

@@ -18,7 +18,7 @@ reads the CG's residual and writes its z in place.
 import triton
 import triton.language as tl
 
-from .stencil import load_5point, stencil_product
+from .stencil import load_stencil, stencil_product
 
 
 # fmt: off
@@ -36,8 +36,11 @@ def mg_residual_kernel(
     m = (offs >= lo) & (offs < hi)
     v_base = s * size
     c_base = tl.load(image_index_ptr + s).to(tl.int64) * size
-    b_x, b_xr, b_xl, b_xd, b_xu = load_5point(x_ptr, v_base, offs, m, row)
-    b_ax = stencil_product(diag_ptr, right_ptr, down_ptr, c_base, offs, m, row, b_x, b_xr, b_xl, b_xd, b_xu)
+    # The hierarchy is 2D: the 5-point product (no deep coefficients, no plane stride).
+    b_x, b_xr, b_xl, b_xd, b_xu, b_xb, b_xf = load_stencil(x_ptr, v_base, offs, m, row, 0, False)
+    b_ax = stencil_product(
+        diag_ptr, right_ptr, down_ptr, down_ptr, c_base, offs, m, row, 0, b_x, b_xr, b_xl, b_xd, b_xu, b_xb, b_xf, False
+    )
     b_out = tl.load(rhs_ptr + v_base + offs, mask=m, other=0.0) - b_ax
     tl.store(out_ptr + v_base + offs, b_out, mask=m)
 # fmt: on

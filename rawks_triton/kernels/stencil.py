@@ -1,26 +1,34 @@
-"""Triton kernels: the 5-point stencil operator A = diag(d) - W on a batch of framed systems.
+"""Triton kernels: the 5- or 7-point stencil operator A = diag(d) - W on a batch of framed systems.
 
 The framed layout (:class:`rawks_triton.solve.layout.Frame`), shared by every kernel here:
 
 * an h x w grid is stored with a one-pixel zero border and flattened: ``size`` =
   (h + 2)(w + 2) numbers, ``row`` = w + 2 between vertically adjacent pixels; the four
-  neighbours of flat position k are k -+ 1 and k -+ row;
+  neighbours of flat position k are k -+ 1 and k -+ row. A d x h x w volume is stored the
+  same way with a border slice before and after: ``size`` = (d + 2) ``plane``, ``plane`` =
+  (h + 2)(w + 2) between adjacent slices, and the two further neighbours are k -+ plane
+  (``THREE_D``);
 * vectors are contiguous [S, size], system s at ``s * size`` (int64 offsets); coefficients
   are contiguous [N, size] per image, system s reads row ``image_index[s]``, so the labels
   of an image share one copy;
-* ``diag``, ``right``, ``down`` and ``inv_diag`` are 0 on the border, ``right[k]`` (edge
-  k, k + 1) is 0 in the last column and ``down[k]`` (edge k, k + row) in the last row;
-* the kernels of the CG work on the flat range [lo, hi) = [row + 1, size - row - 1) from the
-  first to the last pixel. Every neighbour of a position in it lies inside the frame, so the
-  neighbour loads need no masks but the range bound; the border positions inside the
-  range have zero coefficients and zero values, so A keeps them 0. The positions outside
-  it (the top and bottom border rows and one position beside each) are never written and
-  are read only as neighbours, with zero weight: launchers allocate vectors with zeros, so
-  they stay 0 (a NaN there would spread). Blocks start at multiples of BLOCK from position
-  0 and are masked to [lo, hi);
+* ``diag``, ``right``, ``down``, ``deep`` and ``inv_diag`` are 0 on the border, ``right[k]``
+  (edge k, k + 1) is 0 in the last column, ``down[k]`` (edge k, k + row) in the last row and
+  ``deep[k]`` (edge k, k + plane) in the last slice;
+* the kernels of the CG work on the flat range [lo, hi) = [o, size - o) from the first to
+  the last pixel, o = 1 + row (+ plane in a volume). Every neighbour of a position in it
+  lies inside the frame, so the neighbour loads need no masks but the range bound; the
+  border positions inside the range have zero coefficients and zero values, so A keeps
+  them 0. The positions outside it are never written and are read only as neighbours,
+  with zero weight: launchers allocate vectors with zeros, so they stay 0 (a NaN there
+  would spread). Blocks start at multiples of BLOCK from position 0 and are masked to
+  [lo, hi);
 * the per-system range [0, hi) is split into T programs, program t owning a contiguous chunk;
   partial sums of the reductions are written per (system, program) as [S, T] and reduced
   by the next kernel with a tree sum over T (T <= MAX_PARTIALS).
+
+One helper pair serves images and volumes: :func:`load_stencil` and :func:`stencil_product`
+take the ``plane`` stride and the ``THREE_D`` constexpr; with ``THREE_D=False`` they load and
+compute exactly the 5-point product (``deep`` and ``plane`` are not read).
 """
 
 import triton
@@ -40,11 +48,13 @@ def chunk_bounds(t, hi, T, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def load_5point(ptr, base, offs, mask, row):
-    """The values at ``offs`` and at its right, left, down and up neighbours, each [BLOCK].
+def load_stencil(ptr, base, offs, mask, row, plane, THREE_D: tl.constexpr):
+    """The values at ``offs`` and at its right, left, down, up, deep and shallow neighbours
+    (k + 1, k - 1, k + row, k - row, k + plane, k - plane), each [BLOCK].
 
     ``offs`` lies in the frame's [lo, hi) wherever ``mask`` holds, so every neighbour is
-    inside the frame: the one mask is the range bound.
+    inside the frame: the one mask is the range bound. Without ``THREE_D`` the last two are
+    the centre values, not loaded, and :func:`stencil_product` does not use them.
     """
     p_centre = ptr + base + offs
     b_centre = tl.load(p_centre, mask=mask, other=0.0)
@@ -52,15 +62,28 @@ def load_5point(ptr, base, offs, mask, row):
     b_left = tl.load(p_centre - 1, mask=mask, other=0.0)
     b_down = tl.load(p_centre + row, mask=mask, other=0.0)
     b_up = tl.load(p_centre - row, mask=mask, other=0.0)
-    return b_centre, b_right, b_left, b_down, b_up
+    if THREE_D:
+        b_deep = tl.load(p_centre + plane, mask=mask, other=0.0)
+        b_shallow = tl.load(p_centre - plane, mask=mask, other=0.0)
+    else:
+        b_deep = b_centre
+        b_shallow = b_centre
+    return b_centre, b_right, b_left, b_down, b_up, b_deep, b_shallow
 
 
+# fmt: off
 @triton.jit
-def stencil_product(diag_ptr, right_ptr, down_ptr, c_base, offs, mask, row, u, u_right, u_left, u_down, u_up):
-    """(A u) at ``offs``: d u minus the four edge weights times the neighbour values [BLOCK].
+def stencil_product(
+    diag_ptr, right_ptr, down_ptr, deep_ptr, c_base, offs, mask, row, plane,
+    u, u_right, u_left, u_down, u_up, u_deep, u_shallow,
+    THREE_D: tl.constexpr,
+):
+    """(A u) at ``offs``: d u minus the edge weights times the neighbour values [BLOCK].
 
     The weight of the edge to the left neighbour is ``right`` there, that of the edge to
-    the upper one ``down`` there; on the border all of them are 0.
+    the upper one ``down`` there and that of the edge to the shallow one ``deep`` there; on
+    the border all of them are 0. Without ``THREE_D`` this is the 5-point product, term for
+    term (the 2D kernels compile to the same code whatever ``deep_ptr`` and ``plane`` are).
     """
     p_right = right_ptr + c_base + offs
     p_down = down_ptr + c_base + offs
@@ -69,7 +92,14 @@ def stencil_product(diag_ptr, right_ptr, down_ptr, c_base, offs, mask, row, u, u
     b_wl = tl.load(p_right - 1, mask=mask, other=0.0)
     b_wd = tl.load(p_down, mask=mask, other=0.0)
     b_wu = tl.load(p_down - row, mask=mask, other=0.0)
-    return b_d * u - (b_wr * u_right + b_wl * u_left + b_wd * u_down + b_wu * u_up)
+    b_neighbours = b_wr * u_right + b_wl * u_left + b_wd * u_down + b_wu * u_up
+    if THREE_D:
+        p_deep = deep_ptr + c_base + offs
+        b_wb = tl.load(p_deep, mask=mask, other=0.0)
+        b_wf = tl.load(p_deep - plane, mask=mask, other=0.0)
+        b_neighbours += b_wb * u_deep + b_wf * u_shallow
+    return b_d * u - b_neighbours
+# fmt: on
 
 
 @triton.jit
@@ -92,12 +122,13 @@ def system_of_program(image_index_ptr, size):
 @triton.jit
 def stencil_residual_kernel(
     b_ptr, x_ptr, out_ptr,  # [S, size]
-    diag_ptr, right_ptr, down_ptr, inv_diag_ptr,  # [N, size]
+    diag_ptr, right_ptr, down_ptr, deep_ptr, inv_diag_ptr,  # [N, size]; deep read only when THREE_D
     image_index_ptr,  # [S]
     rz_part_ptr, rr_part_ptr,  # [S, T]
-    size, row, lo, hi, T,
+    size, row, plane, lo, hi, T,
     HAS_B: tl.constexpr,
     REDUCE: tl.constexpr,
+    THREE_D: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """out = b - A x (HAS_B) or out = A x on [lo, hi); with REDUCE, the partials of out' M out and out' out.
@@ -112,8 +143,11 @@ def stencil_residual_kernel(
     for first in range(start, stop, BLOCK):
         offs = first + tl.arange(0, BLOCK)
         m = (offs >= lo) & (offs < stop)
-        x, x_right, x_left, x_down, x_up = load_5point(x_ptr, v_base, offs, m, row)
-        y = stencil_product(diag_ptr, right_ptr, down_ptr, c_base, offs, m, row, x, x_right, x_left, x_down, x_up)
+        x, x_right, x_left, x_down, x_up, x_deep, x_shallow = load_stencil(x_ptr, v_base, offs, m, row, plane, THREE_D)
+        y = stencil_product(
+            diag_ptr, right_ptr, down_ptr, deep_ptr, c_base, offs, m, row, plane,
+            x, x_right, x_left, x_down, x_up, x_deep, x_shallow, THREE_D,
+        )
         if HAS_B:
             y = tl.load(b_ptr + v_base + offs, mask=m, other=0.0) - y
         tl.store(out_ptr + v_base + offs, y, mask=m)

@@ -2,17 +2,20 @@
 
 Right-hand sides are framed once on entry (:class:`rawks_triton.solve.layout.Frame`),
 solved by :class:`TritonPCG` with the fused Jacobi or the Triton multigrid cycle, and
-unframed once on exit.
+unframed once on exit. Images ([S, H, W]) take either preconditioner; volumes
+([S, D, H, W]) the fused Jacobi only (the Triton multigrid cycle is 2D).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ...solve.multigrid import build_hierarchy
 from ...solve.options import SolverOptions
 from ...solve.pcg import run_pcg
 from ...solve.rules import AdjointRule, ForwardRule
 from ...systems import LabelSystems, Stencil
+from ..torch.multigrid import TorchMultigrid
 from .multigrid import multigrid_preconditioner
 from .operator import MAX_GRID_Y, TritonOperator
 from .pcg import TritonPCG
@@ -25,9 +28,10 @@ class TritonBackend:
         if options.preconditioner not in ("jacobi", "multigrid"):
             name = options.preconditioner
             raise ValueError(f"`preconditioner` must be 'jacobi' or 'multigrid' with backend='triton', got {name!r}")
-        if stencil.ndim != 2:
+        if stencil.ndim == 3 and options.preconditioner == "multigrid":
             raise NotImplementedError(
-                "backend='triton' solves images only so far; use backend='torch' or 'scipy' for volumes"
+                "backend='triton' has no multigrid preconditioner for volumes yet; use preconditioner='jacobi' "
+                "with backend='triton', or backend='torch'"
             )
         n_images = stencil.shape[0]
         if n_images > MAX_GRID_Y:
@@ -37,7 +41,7 @@ class TritonBackend:
         self.frame = self.op.frame
         self.systems = systems
         self.options = options
-        self.certifier = None
+        self.certifier = None  # built on first use; False: Jacobi certifies itself (volumes)
         self.preconditioner = None  # Jacobi, fused into the CG kernels
         if options.preconditioner == "multigrid":
             # The hierarchy is built once per image and serves the forward and the adjoint solve.
@@ -49,15 +53,27 @@ class TritonBackend:
         return multigrid_preconditioner(self.stencil, self.systems.image_index, framed=self.op.coefficients)
 
     def _certify(self):
-        """The multigrid cycle certifies Jacobi solves (see rawks_triton.solve.pcg)."""
+        """The multigrid cycle certifies Jacobi solves (see rawks_triton.solve.pcg): r / d alone
+        misses errors behind walls. On volumes the cycle is the torch one (the Triton cycle is
+        2D; both read the same framed vectors)."""
         if self.preconditioner is not None:
             return None
         if self.certifier is None:
-            self.certifier = self._multigrid()
-        return self.certifier.apply
+            self.certifier = self._multigrid() if self.frame.ndim == 2 else self._volume_certifier()
+        return self.certifier.apply if self.certifier else None
+
+    def _volume_certifier(self):
+        """The torch multigrid cycle of the volumes, or False while build_hierarchy has no
+        hierarchy for volumes: then the Jacobi preconditioner certifies itself, as the torch
+        backend does on volumes."""
+        try:
+            levels = build_hierarchy(self.stencil, framed=self.op.coefficients)
+        except NotImplementedError:
+            return False
+        return TorchMultigrid(levels, self.systems.image_index)
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
-        """A x for [S, H, W] vectors."""
+        """A x for [S, H, W] (or [S, D, H, W]) vectors."""
         return self.frame.unframe(self.op.matvec(self.frame.frame(x)))
 
     def _solve(self, rhs, rule):
@@ -78,7 +94,10 @@ class TritonBackend:
         return self._solve(rhs, AdjointRule(self.options, self.op.groups, self.frame.frame(x_forward), self.op.diag))
 
     def coefficient_gradients(self, adjoint, x, Z, edges: bool):
+        """Per-image gradients ``(grad_diag, grad_edges)``: ``grad_edges`` is (right, down) on
+        images, (right, down, deep) on volumes, None without ``edges``."""
         framed = (self.frame.frame(t) for t in (adjoint, x, Z))
-        grad_diag, grad_right, grad_down = self.op.coefficient_gradients(*framed, self.first_system, edges)
-        grad_edges = (self.frame.unframe(grad_right), self.frame.unframe(grad_down)) if edges else None
+        grad_diag, grad_edges = self.op.coefficient_gradients(*framed, self.first_system, edges)
+        if grad_edges is not None:
+            grad_edges = tuple(self.frame.unframe(g) for g in grad_edges)
         return self.frame.unframe(grad_diag), grad_edges

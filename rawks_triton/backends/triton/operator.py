@@ -2,7 +2,8 @@
 
 Launchers own shapes, allocation, block sizes and grids; the kernels only compute. Every
 vector is framed (:class:`rawks_triton.solve.layout.Frame`): [S, size] with a zero border,
-coefficients [N, size] per image, 0 on the border.
+coefficients [N, size] per image, 0 on the border. Images take the 5-point kernels, volumes
+the 7-point ones (``THREE_D``, the ``deep`` coefficients and the frame's ``plane`` stride).
 """
 
 from __future__ import annotations
@@ -35,8 +36,26 @@ LAUNCH_CONFIGS = {
     torch.float32: LaunchConfig(block=1024, num_warps=8, pixels_per_program=4096),
     torch.float64: LaunchConfig(block=512, num_warps=8, pixels_per_program=4096),
 }
+# Volumes: the 7-point fused direction/matvec loads 21 neighbour values per position (z,
+# inv_diag and p_old at 7 points); with four fp32 elements per thread it took 198 registers
+# on sm_90 (aot table), so volumes run two per thread in both dtypes.
+VOLUME_LAUNCH_CONFIGS = {
+    torch.float32: LaunchConfig(block=512, num_warps=8, pixels_per_program=4096),
+    torch.float64: LaunchConfig(block=512, num_warps=8, pixels_per_program=4096),
+}
 GRADIENT_BLOCK = 1024
+VOLUME_GRADIENT_BLOCK = 512  # the 3D edge gradients keep three accumulators and 7 loads per system
 GRADIENT_WARPS = 4
+
+
+def launch_config(dtype: torch.dtype, three_d: bool) -> LaunchConfig:
+    """The configuration of the CG kernels for images or volumes of ``dtype``."""
+    return (VOLUME_LAUNCH_CONFIGS if three_d else LAUNCH_CONFIGS)[dtype]
+
+
+def gradient_block(three_d: bool) -> int:
+    return VOLUME_GRADIENT_BLOCK if three_d else GRADIENT_BLOCK
+
 
 PROGRAMS_PER_SM = 4  # enough programs in flight to hide memory latency
 
@@ -58,30 +77,42 @@ def _sm_count(device: torch.device) -> int:
 class TritonOperator:
     """The stencil of a batch bound to its systems, framed once, with launchers for the kernels.
 
-    ``diag``, ``right``, ``down`` and ``inv_diag`` are the framed per-image coefficients
-    [N, size]; vectors are [S, size] with a zero border (:meth:`new_vector`).
+    ``diag``, ``right``, ``down``, ``inv_diag`` and, on volumes, ``deep`` are the framed
+    per-image coefficients [N, size]; vectors are [S, size] with a zero border
+    (:meth:`new_vector`). ``three_d``: the 7-point kernels (``deep`` and the frame's
+    ``plane`` stride) on volumes.
     """
 
     def __init__(self, stencil: Stencil, image_index: torch.Tensor, groups):
-        n_images, height, width = stencil.shape
-        self.frame = Frame(height, width)
+        grid = stencil.shape[1:]
+        self.frame = Frame(*grid)
         if self.frame.size >= 2**31:
-            raise ValueError(f"images must have fewer than 2**31 framed pixels, got {height} x {width}")
+            shape = " x ".join(map(str, grid))
+            raise ValueError(f"grids must have fewer than 2**31 framed positions, got {shape}")
+        self.three_d = self.frame.ndim == 3
         self.groups = groups
         self.stencil = stencil
         self.diag, self.right, self.down, self.inv_diag = (
             self.frame.frame(t) for t in (stencil.diag, stencil.right, stencil.down, stencil.inv_diag)
         )
+        self.deep = self.frame.frame(stencil.deep) if self.three_d else None
         self.image_index = image_index.contiguous()
         self.num_systems = int(image_index.numel())
-        self.config = LAUNCH_CONFIGS[stencil.diag.dtype]
+        self.config = launch_config(stencil.diag.dtype, self.three_d)
         self.span = self.frame.hi - self.frame.lo  # the positions the CG kernels work on
         self.T = num_partials(self.span, self.num_systems, self.config, _sm_count(stencil.diag.device))
 
     @property
     def coefficients(self) -> dict:
         """The framed coefficients by name (level 0 of the multigrid hierarchy shares them)."""
-        return dict(diag=self.diag, right=self.right, down=self.down, inv_diag=self.inv_diag)
+        named = dict(diag=self.diag, right=self.right, down=self.down, inv_diag=self.inv_diag)
+        return dict(named, deep=self.deep) if self.three_d else named
+
+    @property
+    def deep_or_down(self) -> torch.Tensor:
+        """The ``deep_ptr`` argument of the kernels: ``deep``, or any coefficient on images
+        (the 5-point kernels do not read it)."""
+        return self.deep if self.three_d else self.down
 
     def new_vector(self) -> torch.Tensor:
         """A framed [S, size] vector of zeros: the kernels never write outside [lo, hi)."""
@@ -94,11 +125,11 @@ class TritonOperator:
         reduce = rz_part is not None
         stencil_residual_kernel[(self.num_systems, self.T)](
             b if b is not None else out, x, out,
-            self.diag, self.right, self.down, self.inv_diag,
+            self.diag, self.right, self.down, self.deep_or_down, self.inv_diag,
             self.image_index,
             rz_part if reduce else out, rr_part if reduce else out,
-            frame.size, frame.row, frame.lo, frame.hi, self.T,
-            HAS_B=b is not None, REDUCE=reduce, BLOCK=cfg.block, num_warps=cfg.num_warps,
+            frame.size, frame.row, frame.plane, frame.lo, frame.hi, self.T,
+            HAS_B=b is not None, REDUCE=reduce, THREE_D=self.three_d, BLOCK=cfg.block, num_warps=cfg.num_warps,
         )  # fmt: skip
         return out
 
@@ -107,21 +138,25 @@ class TritonOperator:
         return self.residual(None, x.contiguous(), self.new_vector())
 
     def coefficient_gradients(self, adjoint, x, Z, first_system: torch.Tensor, edges: bool, out=None):
-        """Per-image framed [N, size] gradients (diag, right, down) from framed [S, size] inputs;
-        right and down are None without ``edges``. ``out``: the three [N, size] buffers to write
-        ([lo, hi) of each), else new ones with zeros."""
+        """Per-image framed [N, size] gradients ``(diag, edge_grads)`` from framed [S, size]
+        inputs; ``edge_grads`` is (right, down) on images, (right, down, deep) on volumes, and
+        None without ``edges``. ``out``: the [N, size] buffers to write ([lo, hi) of each), in
+        the same structure, else new ones with zeros."""
         n_images, frame = self.stencil.shape[0], self.frame
+        num_edges = frame.ndim if edges else 0
         if out is None:
             zeros = lambda: torch.zeros(n_images, frame.size, dtype=x.dtype, device=x.device)  # noqa: E731
-            out = (zeros(), zeros() if edges else None, zeros() if edges else None)
-        grad_diag, grad_right, grad_down = out
-        grad_right = grad_right if edges else grad_diag
-        grad_down = grad_down if edges else grad_diag
-        coefficient_gradients_kernel[(triton.cdiv(frame.hi, GRADIENT_BLOCK), n_images)](
+            out = (zeros(), tuple(zeros() for _ in range(num_edges)) if edges else None)
+        grad_diag, grad_edges = out
+        # Pointers the kernel does not write (no edges, or deep on images) point at grad_diag.
+        unused = (grad_diag,) * 3
+        grad_right, grad_down, grad_deep = (tuple(grad_edges) if edges else ()) + unused[num_edges:]
+        block = gradient_block(self.three_d)
+        coefficient_gradients_kernel[(triton.cdiv(frame.hi, block), n_images)](
             adjoint.contiguous(), x.contiguous(), Z.contiguous(),
             first_system,
-            grad_diag, grad_right, grad_down,
-            frame.size, frame.row, frame.lo, frame.hi,
-            EDGES=edges, BLOCK=GRADIENT_BLOCK, num_warps=GRADIENT_WARPS,
+            grad_diag, grad_right, grad_down, grad_deep,
+            frame.size, frame.row, frame.plane, frame.lo, frame.hi,
+            EDGES=edges, THREE_D=self.three_d, BLOCK=block, num_warps=GRADIENT_WARPS,
         )  # fmt: skip
-        return grad_diag, (grad_right if edges else None), (grad_down if edges else None)
+        return grad_diag, (tuple(grad_edges) if edges else None)

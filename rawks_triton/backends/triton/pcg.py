@@ -75,12 +75,13 @@ class TritonPCG(CertifiedPCG):
         # Launch 1 reads r (and forms M r) with fused Jacobi, z otherwise.
         cg_direction_matvec_kernel[grid](
             self.r if self.jacobi else self.z, p_old, p_new, self.ap,
-            op.diag, op.right, op.down, op.inv_diag,
+            op.diag, op.right, op.down, op.deep_or_down, op.inv_diag,
             op.image_index, self.tol2,
             self.rz_part, self.rr_part, self.pap_part,
             self.rz_cur, self.rz_next, self.active_cur, self.active_next,
-            frame.size, frame.row, frame.lo, frame.hi, op.T,
-            JACOBI=self.jacobi, BLOCK=cfg.block, MAX_PARTIALS=MAX_PARTIALS, num_warps=cfg.num_warps,
+            frame.size, frame.row, frame.plane, frame.lo, frame.hi, op.T,
+            JACOBI=self.jacobi, THREE_D=op.three_d, BLOCK=cfg.block, MAX_PARTIALS=MAX_PARTIALS,
+            num_warps=cfg.num_warps,
         )  # fmt: skip
         cg_update_kernel[grid](
             self.x, self.r, p_new, self.ap,

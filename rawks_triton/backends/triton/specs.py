@@ -23,7 +23,7 @@ from ...kernels import (
     stencil_residual_kernel,
 )
 from . import multigrid
-from .operator import GRADIENT_BLOCK, GRADIENT_WARPS, LAUNCH_CONFIGS
+from .operator import GRADIENT_WARPS, LAUNCH_CONFIGS, gradient_block, launch_config
 
 
 @dataclass(frozen=True)
@@ -71,23 +71,37 @@ def kernel_spec(name: str, fn, dtype: str, constexprs: dict, num_warps: int = 4,
 
 
 def cg_specs() -> list[KernelSpec]:
-    """The stencil, CG and gradient kernels (operator.py, pcg.py)."""
+    """The stencil, CG and gradient kernels (operator.py, pcg.py), for images (THREE_D=0)
+    and volumes (THREE_D=1)."""
     specs = []
     for dtype, cfg in LAUNCH_CONFIGS.items():
         ty, tiles = DTYPES[dtype], dict(BLOCK=cfg.block)
-        for has_b, reduce in ((False, False), (True, True)):  # matvec; residual with its partials
-            constexprs = dict(HAS_B=has_b, REDUCE=reduce, **tiles)
-            specs.append(kernel_spec("stencil_residual", stencil_residual_kernel, ty, constexprs, cfg.num_warps))
+        for three_d in (False, True):
+            cfg_3d = launch_config(dtype, three_d)
+            tiles_3d = dict(BLOCK=cfg_3d.block)
+            for has_b, reduce in ((False, False), (True, True)):  # matvec; residual with its partials
+                constexprs = dict(HAS_B=has_b, REDUCE=reduce, THREE_D=three_d, **tiles_3d)
+                specs.append(kernel_spec("stencil_residual", stencil_residual_kernel, ty, constexprs, cfg_3d.num_warps))
+            # Volumes take the fused Jacobi only (the Triton multigrid cycle is 2D).
+            for jacobi in (True,) if three_d else (True, False):
+                constexprs = dict(JACOBI=jacobi, THREE_D=three_d, **tiles_3d, MAX_PARTIALS=MAX_PARTIALS)
+                specs.append(
+                    kernel_spec("cg_direction_matvec", cg_direction_matvec_kernel, ty, constexprs, cfg_3d.num_warps)
+                )
+            if three_d and cfg_3d != cfg:  # cg_update has no stencil: only its block differs on volumes
+                constexprs = dict(JACOBI=True, **tiles_3d, MAX_PARTIALS=MAX_PARTIALS)
+                specs.append(kernel_spec("cg_update", cg_update_kernel, ty, constexprs, cfg_3d.num_warps))
+                specs.append(kernel_spec("dot_partials", dot_partials_kernel, ty, tiles_3d, cfg_3d.num_warps))
         for jacobi in (True, False):
             constexprs = dict(JACOBI=jacobi, **tiles, MAX_PARTIALS=MAX_PARTIALS)
-            specs.append(kernel_spec("cg_direction_matvec", cg_direction_matvec_kernel, ty, constexprs, cfg.num_warps))
             specs.append(kernel_spec("cg_update", cg_update_kernel, ty, constexprs, cfg.num_warps))
         specs.append(kernel_spec("dot_partials", dot_partials_kernel, ty, tiles, cfg.num_warps))
-        for edges in (False, True):
-            constexprs = dict(EDGES=edges, BLOCK=GRADIENT_BLOCK)
-            specs.append(
-                kernel_spec("coefficient_gradients", coefficient_gradients_kernel, ty, constexprs, GRADIENT_WARPS)
-            )
+        for three_d in (False, True):
+            for edges in (False, True):
+                constexprs = dict(EDGES=edges, THREE_D=three_d, BLOCK=gradient_block(three_d))
+                specs.append(
+                    kernel_spec("coefficient_gradients", coefficient_gradients_kernel, ty, constexprs, GRADIENT_WARPS)
+                )
     return specs
 
 
