@@ -95,11 +95,11 @@ def random_walker_mode(device: torch.device, grid: tuple[int, ...], num_labels: 
     """
     # Measured with `python -m bench.random_walker_bench --crossover --threads 1` (3 labels,
     # beta 130, median seconds of bf / CG; docs/benchmarks.md, "random_walker: images and
-    # volumes"): images (cg_mg) 128^2 0.07 / 0.16, 256^2 0.9 / 1.5, 512^2 4.4 / 20,
-    # 1024^2 92 / 35; volumes (cg_j) 16^3 0.06 / 0.22, 24^3 0.57 / 0.81, 10x64x64 2.9 / 4.8,
-    # 32^3 7.2 / 2.9, 40^3 28.5 / 4.8, 10x128x128 35 / 35. The direct solve wins up to
-    # separators of 640 (512^2, 24^3, 10x64x64) and loses from 1024 (1024^2, 32^3), in 2D
-    # and 3D alike.
+    # volumes"): images (cg_mg) 128^2 0.07 / 0.16, 256^2 0.9 / 1.5, 512^2 4.4 / 20 (4.7 / 7.4
+    # in the comparison run), 1024^2 92 / 35 (27.9 / 21.4 in the comparison run); volumes
+    # (cg_j) 16^3 0.06 / 0.22, 24^3 0.57 / 0.81, 10x64x64 2.9 / 4.8, 32^3 7.2 / 2.9,
+    # 40^3 28.5 / 4.8, 10x128x128 35 / 35. The direct solve wins up to separators of 640
+    # (512^2, 24^3, 10x64x64) and loses from 1024 (1024^2, 32^3), in 2D and 3D alike.
     max_separator, max_voxels = 768, 1 << 22
     cg = "cg_j" if len(grid) == 3 and not volume_multigrid else "cg_mg"
     if backend == "scipy":
