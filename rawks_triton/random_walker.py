@@ -5,9 +5,10 @@ Same signature, label conventions, edge weights and warnings as
 model) are solved by :func:`rawks_triton.propagate` on any backend. Numpy arrays and
 torch tensors are accepted; tensors stay on their device.
 
-Edge weights, as scikit-image computes them: for neighbouring pixels i, j,
+Images (M, N) and volumes (P, M, N), grey or multichannel. Edge weights, as scikit-image
+computes them: for neighbouring pixels (voxels) i, j along axis a,
 
-    w_ij = exp(-beta / (10 std(data)) * sum_c ((x_ic - x_jc) / spacing)^2) + 1e-10,
+    w_ij = exp(-beta / (10 std(data)) * sum_c ((x_ic - x_jc) / spacing_a)^2) + 1e-10,
 
 with the exponent divided by sqrt(C) for multichannel data (``channel_axis`` given), and
 ``std`` taken over every pixel and channel of the data after conversion to floating point
@@ -28,9 +29,10 @@ import torch
 from . import _checks
 from .options import PRECONDITIONERS
 from .propagation import PropagationResult, propagate
+from .solve import choose
 from .solve.options import ConvergenceWarning
 
-MODES = ("cg", "cg_j", "cg_mg", "bf")
+MODES = ("auto", "cg", "cg_j", "cg_mg", "bf")
 EDGE_EPSILON = 1e-10  # added to every weight, as scikit-image does: no edge is ever cut by the image
 
 _TORCH_FLOAT = {
@@ -94,31 +96,46 @@ def image_edge_weights(
     """scikit-image's random-walker conductances as this library's edge layout.
 
     Args:
-        image: [H, W] or [H, W, C] floating-point data (already scaled like ``img_as_float``).
+        image: floating-point data (already scaled like ``img_as_float``), spatial axes
+            first and an optional trailing channel axis: [H, W] or [H, W, C] for an image,
+            [D, H, W] or [D, H, W, C] for a volume.
         beta: the diffusion penalty; divided by 10 std(image), and by sqrt(C) when ``multichannel``.
-        spacing: (row, column) pixel spacing; differences are divided by it.
+        spacing: one pixel spacing per spatial axis, in the axis order of ``image``
+            ((row, column), or (slice, row, column)); its length says whether ``image`` is
+            an image (2) or a volume (3). The intensity difference along each axis is
+            divided by that axis's spacing before it is squared, as scikit-image does.
     Returns:
-        [1, 2, H, W]: (right, down) weights, 0 past the last column / row.
+        [1, 2, H, W] (right, down) weights for an image, [1, 3, D, H, W] (along W, along H,
+        along D) for a volume; the weight at index i is the edge i -> i + 1 along its axis,
+        0 past the last index.
     """
-    if image.dim() == 2:
+    ndim = len(spacing)
+    if ndim not in (2, 3):
+        raise ValueError(f"`spacing` must have 2 (image) or 3 (volume) entries, got {tuple(spacing)}")
+    if image.dim() == ndim:
         image = image.unsqueeze(-1)
-    height, width, channels = image.shape
-    dy, dx = float(spacing[0]), float(spacing[1])
-    grad_right = ((image[:, 1:] - image[:, :-1]) / dx).square().sum(dim=-1)  # [H, W-1]
-    grad_down = ((image[1:] - image[:-1]) / dy).square().sum(dim=-1)  # [H-1, W]
+    if image.dim() != ndim + 1:
+        raise ValueError(
+            f"`image` must have {ndim} spatial axes and an optional channel axis for spacing {tuple(spacing)}, "
+            f"got shape {tuple(image.shape)}"
+        )
+    grid, channels = tuple(image.shape[:-1]), image.shape[-1]
     std = float(image.std(correction=0)) if image.numel() else 0.0
     # A constant image has no intensity differences: every weight is exp(0) + eps.
     scale = -float(beta) / (10.0 * std) if std > 0 else 0.0
     if multichannel:
         scale /= math.sqrt(channels)
-    edges = image.new_zeros((1, 2, height, width))
-    edges[0, 0, :, :-1] = torch.exp(scale * grad_right) + EDGE_EPSILON
-    edges[0, 1, :-1, :] = torch.exp(scale * grad_down) + EDGE_EPSILON
+    edges = image.new_zeros((1, ndim) + grid)
+    for channel, axis in enumerate(reversed(range(ndim))):  # channel 0 runs along the last axis (W)
+        step = torch.diff(image, dim=axis) / float(spacing[axis])
+        inside = [slice(None)] * ndim
+        inside[axis] = slice(0, grid[axis] - 1)
+        edges[(0, channel, *inside)] = torch.exp(scale * step.square().sum(dim=-1)) + EDGE_EPSILON
     return edges
 
 
 def _seeded_components(active: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """[H, W] bool: active pixels 4-connected, through active pixels, to a positive label.
+    """[*grid] bool: active pixels connected (4-neighbours, 6 in a volume), through active pixels, to a seed.
 
     Computed with scipy.ndimage on the host (a one-byte-per-pixel map each way); only
     called when some pixels are inactive, since the full grid is connected otherwise.
@@ -135,7 +152,7 @@ def _check_arguments(beta, mode, tol, copy, return_full_prob, prob_tol, channel_
     if isinstance(beta, bool) or not isinstance(beta, Real) or not math.isfinite(float(beta)) or float(beta) < 0:
         raise ValueError(f"`beta` must be a finite real number >= 0, got {beta!r}")
     if mode is None:
-        mode = "cg_j"
+        mode = "cg_j"  # scikit-image's meaning of None
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"`mode` must be one of {list(MODES)} or None, got {mode!r}")
     tol = _checks.check_nonnegative_real("tol", tol)
@@ -160,50 +177,81 @@ def _check_writable_labels(labels, copy, return_full_prob) -> None:
 
 
 def _spatial_layout(data: torch.Tensor, label_shape, channel_axis) -> torch.Tensor:
-    """The data as [H, W, C]; 3D volumes raise NotImplementedError."""
+    """The data as [*grid, C] (channels last) for labels of shape ``grid`` (2 or 3 axes)."""
+    ndim = len(label_shape)
+    grid = "(M, N)" if ndim == 2 else "(P, M, N)"
     if channel_axis is None:
-        if data.dim() == 3:
-            raise NotImplementedError(
-                "random_walker: 3D volumes are not supported yet (the solvers are 2D 5-point stencils); "
-                f"got `data` of shape {tuple(data.shape)} with channel_axis=None. For a 2D multichannel image pass "
-                "`channel_axis`."
-            )
-        if data.dim() != 2:
+        if data.dim() != ndim:
             raise ValueError(
-                f"`data` must be a 2D image (H, W) when channel_axis is None, got shape {tuple(data.shape)}"
+                f"`data` must have the shape of `labels` {tuple(label_shape)} when channel_axis is None "
+                f"(grey-level {grid}), got shape {tuple(data.shape)}; pass `channel_axis` for multichannel data"
             )
         data = data.unsqueeze(-1)
     else:
-        ndim = data.dim()
-        if not -ndim <= int(channel_axis) < ndim:
+        dims = data.dim()
+        if not -dims <= int(channel_axis) < dims:
             raise ValueError(
-                f"`channel_axis` must lie in [{-ndim}, {ndim}) for `data` of shape {tuple(data.shape)}, "
+                f"`channel_axis` must lie in [{-dims}, {dims}) for `data` of shape {tuple(data.shape)}, "
                 f"got {channel_axis}"
             )
         data = torch.movedim(data, int(channel_axis), -1)
-        if data.dim() == 4:
-            raise NotImplementedError(
-                "random_walker: 3D multichannel volumes are not supported yet (2D solvers only); "
-                f"got `data` of shape {tuple(data.shape)} with channels last"
-            )
-        if data.dim() != 3:
+        if data.dim() != ndim + 1:
             raise ValueError(
-                "`data` must be a 2D multichannel image (3 dimensions with channel_axis), "
-                f"got shape {tuple(data.shape)}"
+                f"`data` must have {ndim + 1} dimensions with channel_axis (a multichannel {grid} "
+                f"for `labels` of shape {tuple(label_shape)}), got shape {tuple(data.shape)}"
             )
-    if tuple(data.shape[:2]) != tuple(label_shape):
+    if tuple(data.shape[:-1]) != tuple(label_shape):
         raise ValueError(
-            f"`labels` must have the spatial shape of `data` {tuple(data.shape[:2])} "
+            f"`labels` must have the spatial shape of `data` {tuple(data.shape[:-1])} "
             f"(channels excluded), got {tuple(label_shape)}"
         )
     return data
+
+
+def _check_spacing(spacing, ndim: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * ndim
+    try:
+        spacing = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise TypeError(f"`spacing` must be an iterable of {ndim} positive numbers, got {spacing!r}") from None
+    if len(spacing) != ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"`spacing` must hold one positive number per spatial dimension ({ndim}), got {spacing}")
+    return spacing
+
+
+def _mode_solver(mode: str, device: torch.device, grid, num_labels: int, backend: str, maxiter) -> dict:
+    """propagate's keyword arguments for ``mode``; "auto" is resolved by the library's rule."""
+    if mode == "auto":
+        mode = choose.random_walker_mode(device, grid, num_labels, backend)
+    if mode == "bf":
+        return dict(backend="scipy")
+    preconditioner = "jacobi"
+    if mode == "cg_mg":
+        if "multigrid" not in PRECONDITIONERS:
+            warnings.warn(
+                'random_walker: mode "cg_mg" needs the multigrid preconditioner, which this version of '
+                'rawks_triton lacks; using "cg_j" (Jacobi) instead.',
+                UserWarning,
+                stacklevel=4,
+            )
+        elif len(grid) == 3 and not choose.volume_multigrid:
+            warnings.warn(
+                'random_walker: mode "cg_mg" on a volume needs the 3D multigrid preconditioner, which this '
+                'version of rawks_triton lacks; using "cg_j" (Jacobi) instead (mode="auto" or "bf" may be faster).',
+                UserWarning,
+                stacklevel=4,
+            )
+        else:
+            preconditioner = "multigrid"
+    return dict(backend=backend, preconditioner=preconditioner, maxiter=maxiter)
 
 
 def random_walker(
     data: np.ndarray | torch.Tensor,
     labels: np.ndarray | torch.Tensor,
     beta: float = 130,
-    mode: str = "cg_j",
+    mode: str | None = "auto",
     tol: float = 1.0e-3,
     copy: bool = True,
     return_full_prob: bool = False,
@@ -217,42 +265,48 @@ def random_walker(
     """Random-walker segmentation from markers, compatible with scikit-image's.
 
     Args:
-        data: (M, N) image, or (M, N, C) with ``channel_axis`` (any axis); numpy array or
-            torch tensor. Integer data is scaled as ``skimage.img_as_float`` does. The
-            solve runs in float32 for float16/float32 data and in float64 otherwise.
-        labels: (M, N) integer markers: > 0 seeds of each phase, 0 unknown, < 0 inactive
-            (removed from the graph). Labels are renumbered to consecutive integers (the
-            output uses the new numbers), as in scikit-image.
+        data: (M, N) image or (P, M, N) volume, or either with a channel axis when
+            ``channel_axis`` is given; numpy array or torch tensor. Integer data is
+            scaled as ``skimage.img_as_float`` does. The CG modes solve in float32 for
+            float16/float32 data and in float64 otherwise; the direct solve in float64.
+        labels: (M, N) or (P, M, N) integer markers: > 0 seeds of each phase, 0 unknown,
+            < 0 inactive (removed from the graph). Labels are renumbered to consecutive
+            integers (the output uses the new numbers), as in scikit-image.
         beta: diffusion penalty (larger: harder to cross intensity edges).
-        mode: "cg_j" (default): Jacobi-preconditioned conjugate gradients on ``backend``
-            ("cg", scikit-image's unpreconditioned CG, runs as "cg_j"); "cg_mg": CG with this
-            library's multigrid preconditioner (as "cg_j", with a warning, where the library
-            or the backend has none); "bf": exact sparse factorisation (scipy, float64, on
-            the host; ``backend`` is ignored).
-        tol: relative residual tolerance of each label's CG solve, ||b - Ax|| <= tol ||b||.
+        mode: "auto" (default; scikit-image's default is "cg_j"): the fastest method that
+            meets ``tol`` for the size and device (:func:`rawks_triton.solve.choose.random_walker_mode`:
+            on the CPU "bf" for small images and volumes, CG above; on CUDA CG).
+            "cg_j" (and None): Jacobi-preconditioned conjugate gradients on ``backend``
+            ("cg", scikit-image's unpreconditioned CG, runs as "cg_j"); "cg_mg": CG with
+            this library's multigrid preconditioner (as "cg_j", with a warning, where the
+            library, the backend or the grid (volumes) has none); "bf": exact sparse
+            factorisation (scipy, float64, on the host; ``backend`` is ignored).
+        tol: what each label's solve must reach: its certified error in the probabilities
+            is at most ``tol`` (the direct solve is exact).
         copy: if False and the result is a label map, it is written into ``labels`` (which
             must then be a writable array or tensor) and ``labels`` is returned.
-        return_full_prob: return the probabilities (nlabels, M, N) instead of the labels.
-        spacing: (row, column) pixel spacing (default 1, 1).
+        return_full_prob: return the probabilities (nlabels, *labels.shape) instead of the labels.
+        spacing: one voxel spacing per spatial axis of ``labels`` (default all 1); the
+            intensity difference along an axis is divided by its spacing, as in scikit-image.
         prob_tol: warn when a probability leaves [-prob_tol, 1 + prob_tol].
         channel_axis: the channel axis of multichannel data, or None for grey-level data.
         backend: this library's backend for the CG modes: "auto" (triton for CUDA tensors,
             torch otherwise; the CG mode asked for is kept), "torch", "triton" or "scipy"
             (a direct solve, as "bf").
-        maxiter: CG iteration limit (default: the library's, 10 (M + N) + 1000).
+        maxiter: CG iteration limit (default: the library's).
 
     Returns:
-        With ``return_full_prob`` False, the labels (renumbered 1..nlabels, inactive pixels
-        negative, unknown pixels that no seed can reach 0) with the type of ``labels``
+        With ``return_full_prob`` False, the labels (renumbered 1..nlabels, inactive voxels
+        negative, unknown voxels that no seed can reach 0) with the type of ``labels``
         (numpy array of its dtype, or tensor on ``labels``' device). Otherwise float
-        probabilities (nlabels, M, N): a float64 numpy array for numpy labels, else a
-        tensor of the solve's dtype on ``data``'s device; inactive and unreachable pixels
-        are 0 for every label.
+        probabilities (nlabels, *labels.shape): a float64 numpy array for numpy labels,
+        else a tensor of the data's floating dtype on ``data``'s device; inactive and
+        unreachable voxels are 0 for every label.
 
-    Differences from scikit-image: 3D data raises NotImplementedError; a constant image
-    gives uniform weights instead of NaN; seeds cut off by inactive pixels keep their label
-    (scikit-image can return NaN there); the early-return probabilities (no unknown pixel)
-    have the documented (nlabels, M, N) layout.
+    Differences from scikit-image: the default mode is "auto", not "cg_j"; a constant
+    image gives uniform weights instead of NaN; seeds cut off by inactive voxels keep their
+    label (scikit-image can return NaN there); the early-return probabilities (no unknown
+    voxel) have the documented (nlabels, ...) layout.
     """
     output, _ = _solve(
         data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_tol, channel_axis, backend, maxiter
@@ -285,21 +339,11 @@ def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_
         device = labels.device if labels_is_tensor else torch.device("cpu")
     image = _data_as_float(data, device)
     label_map = _labels_as_tensor(labels, device)
-    if label_map.dim() != 2:
-        if label_map.dim() == 3:
-            raise NotImplementedError(
-                f"random_walker: 3D volumes are not supported yet, got `labels` of shape {tuple(label_map.shape)}"
-            )
-        raise ValueError(f"`labels` must be a 2D (M, N) label map, got shape {tuple(label_map.shape)}")
+    if label_map.dim() not in (2, 3):
+        raise ValueError(f"`labels` must be a 2D (M, N) or 3D (P, M, N) label map, got shape {tuple(label_map.shape)}")
+    ndim = label_map.dim()
     image = _spatial_layout(image, label_map.shape, channel_axis)
-    if spacing is None:
-        spacing = (1.0, 1.0)
-    try:
-        spacing = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise TypeError(f"`spacing` must be an iterable of 2 positive numbers, got {spacing!r}") from None
-    if len(spacing) != 2 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"`spacing` must hold one positive number per spatial dimension (2), got {spacing}")
+    spacing = _check_spacing(spacing, ndim)
     _checks.check_finite("data", image)
     multichannel = channel_axis is not None
 
@@ -324,36 +368,28 @@ def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_
         warnings.warn(f"{reason}; returning the labels unchanged.", UserWarning, stacklevel=3)
         return _early_return(labels, label_map, values, return_full_prob, image.dtype, copy), None
 
-    edges = image_edge_weights(image, beta, spacing, multichannel)
-    if negatives:
-        both_right = active[:, :-1] & active[:, 1:]
-        both_down = active[:-1, :] & active[1:, :]
-        edges[0, 0, :, :-1] *= both_right
-        edges[0, 1, :-1, :] *= both_down
+    solver = _mode_solver(mode, device, tuple(label_map.shape), num_labels, backend, maxiter)
+    # The direct solve factorises in float64: its weights (and degrees) are computed in
+    # float64 too, so float32 data loses no weak edge to the rounding of a degree.
+    direct = solver["backend"] == "scipy"
+    edges = image_edge_weights(image.double() if direct else image, beta, spacing, multichannel)
+    if negatives:  # an edge with an inactive end is removed from the graph
+        for channel, axis in enumerate(reversed(range(ndim))):
+            head = [slice(None)] * ndim
+            tail = [slice(None)] * ndim
+            head[axis], tail[axis] = slice(0, -1), slice(1, None)
+            edges[(0, channel, *head)] *= active[tuple(head)] & active[tuple(tail)]
     seeds = torch.where(renumbered > 0, renumbered - 1, torch.full_like(renumbered, -1)).unsqueeze(0)
 
-    if mode == "bf":
-        solver = dict(backend="scipy")
-    else:
-        preconditioner = "jacobi"
-        if mode == "cg_mg":
-            if "multigrid" in PRECONDITIONERS:
-                preconditioner = "multigrid"
-            else:
-                warnings.warn(
-                    'random_walker: mode "cg_mg" needs the multigrid preconditioner, which this version of '
-                    'rawks_triton lacks; using "cg_j" (Jacobi) instead.',
-                    UserWarning,
-                    stacklevel=3,
-                )
-        solver = dict(backend=backend, preconditioner=preconditioner, maxiter=maxiter)
     with warnings.catch_warnings():
         # Reported below in this function's terms (beta, tol) instead of propagate's.
         warnings.simplefilter("ignore", ConvergenceWarning)
         try:
             result = propagate(edges, seeds, num_labels, "grady", rtol=tol, atol=0.0, **solver)
-        except ValueError as err:
-            if solver.get("preconditioner") != "multigrid" or "preconditioner" not in str(err):
+        except (ValueError, NotImplementedError) as err:
+            if solver.get("preconditioner") != "multigrid" or not (
+                "preconditioner" in str(err) or isinstance(err, NotImplementedError)
+            ):
                 raise
             fallback = True  # this backend has no multigrid cycle
         else:
@@ -380,7 +416,7 @@ def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_
         )
 
     # Grady's probabilities are the solutions themselves (they sum to 1 where a seed is reachable).
-    probabilities = result.Z[0]  # [L, H, W]
+    probabilities = result.Z[0].to(image.dtype)  # [L, *grid]
     solved = probabilities[:, reachable]
     if solved.numel() and (float(solved.min()) < -prob_tol or float(solved.max()) > 1 + prob_tol):
         warnings.warn(
@@ -416,7 +452,7 @@ def _early_return(labels, label_map: torch.Tensor, values: torch.Tensor, return_
     """No unknown pixel can be solved: the labels as given, or their one-hot probabilities."""
     if return_full_prob:
         positive = values[values > 0]
-        onehot = (label_map.unsqueeze(0) == positive.view(-1, 1, 1)).to(dtype)
+        onehot = (label_map.unsqueeze(0) == positive.view((-1,) + (1,) * label_map.dim())).to(dtype)
         return onehot if isinstance(labels, torch.Tensor) else onehot.cpu().double().numpy()
     if not copy and isinstance(labels, (torch.Tensor, np.ndarray)):
         return labels

@@ -176,3 +176,24 @@ def test_multigrid_forward_backward_script_runs_on_a_tiny_size(capsys, monkeypat
     assert [line.split(":")[0] for line in lines] == ["12x12 forward", "12x12 forward+backward"], lines
     for line in lines:
         assert int(line.split("iterations fwd ")[1].split(",")[0]) > 0, line
+
+
+def test_random_walker_bench_runs_on_tiny_sizes_and_writes_its_blocks(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import random_walker_bench
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(DOC)
+    threads = torch.get_num_threads()
+    try:
+        assert random_walker_bench.main(["--smoke", "--threads", "1", "--write-docs", str(doc)]) == 0
+        assert random_walker_bench.main(["--smoke", "--crossover", "--threads", "1", "--write-docs", str(doc)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "| noisy scene | 24 x 24 | ours auto (default) |" in out and "| volume | 6 x 6 x 6 | ours bf |" in out, out
+    text = doc.read_text()
+    assert "<!-- multigrid:begin -->\nanother script's block\n<!-- multigrid:end -->" in text
+    for name in ("random-walker-cpu-machine", "random-walker-cpu", "random-walker-crossover"):
+        assert text.count(f"<!-- {name}:begin -->") == 1 and text.count(f"<!-- {name}:end -->") == 1, name
+    assert "--smoke" in text.split("<!-- random-walker-cpu-machine:begin -->")[1]

@@ -339,7 +339,7 @@ def test_non_convergence_warns_in_its_own_terms():
     labels = np.zeros((30, 30), dtype=np.int64)
     labels[0, 0], labels[29, 29] = 1, 2
     with pytest.warns(rt.ConvergenceWarning, match="beta"):
-        rt.random_walker(rng.random((30, 30)), labels, maxiter=2, prob_tol=10.0)
+        rt.random_walker(rng.random((30, 30)), labels, mode="cg_j", maxiter=2, prob_tol=10.0)
 
 
 @pytest.mark.parametrize(
@@ -355,8 +355,10 @@ def test_non_convergence_warns_in_its_own_terms():
         (dict(channel_axis=3), (5, 5, 3), (5, 5), ValueError, "`channel_axis`"),
         ({}, (5, 6), (5, 5), ValueError, "`labels`"),
         ({}, (5,), (5,), ValueError, "`labels`"),
-        ({}, (4, 5, 6), (4, 5, 6), NotImplementedError, "3D"),
-        (dict(channel_axis=-1), (4, 5, 6, 2), (4, 5, 6), NotImplementedError, "3D"),
+        ({}, (4, 5, 6), (4, 5), ValueError, "`data`"),
+        (dict(channel_axis=-1), (4, 5, 6, 2, 2), (4, 5, 6), ValueError, "`data`"),
+        (dict(spacing=(1.0, 1.0)), (4, 5, 6), (4, 5, 6), ValueError, "`spacing`"),
+        ({}, (2, 3, 4, 5), (2, 3, 4, 5), ValueError, "`labels`"),
     ],
     ids=[
         "mode",
@@ -369,8 +371,10 @@ def test_non_convergence_warns_in_its_own_terms():
         "channel-axis-range",
         "shape-mismatch",
         "1d",
-        "3d-volume",
-        "3d-multichannel",
+        "3d-data-2d-labels",
+        "3d-multichannel-extra-axis",
+        "3d-spacing-length",
+        "4d",
     ],
 )
 def test_bad_input_names_the_argument(kwargs, data_shape, labels_shape, error, match):

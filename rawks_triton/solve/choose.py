@@ -83,3 +83,37 @@ def resolve_backend(name: str, device: torch.device) -> str:
             f"{device}. Use backend='torch' or 'scipy' on this device."
         )
     return name
+
+
+def random_walker_mode(device: torch.device, grid: tuple[int, ...], num_labels: int, backend: str = "auto") -> str:
+    """The mode that ``random_walker(mode="auto")`` runs: "bf", "cg_mg" or "cg_j".
+
+    * ``backend`` named (not "auto"): CG on it, with multigrid where the grid has one
+      (images; volumes once ``volume_multigrid`` is True), else Jacobi; "scipy" is the
+      direct solve.
+    * CUDA: the same CG choice (the direct solve would run on the host).
+    * CPU: the direct solve while the grid's separator, the product of all its sizes but
+      the largest (min(H, W) for an image; what the fill-in of the sparse factorisation
+      grows with), is at most 768 and the grid has at most 2^22 voxels; CG above.
+      ``num_labels`` does not move the crossover (both methods pay about the same per label).
+    """
+    # Measured with `python -m bench.random_walker_bench --crossover --threads 1` (3 labels,
+    # beta 130, median seconds of bf / CG; docs/benchmarks.md, "random_walker: images and
+    # volumes"): images (cg_mg) 128^2 0.07 / 0.16, 256^2 0.9 / 1.5, 512^2 4.4 / 20 (4.7 / 7.4
+    # in the comparison run), 1024^2 92 / 35 (27.9 / 21.4 in the comparison run); volumes
+    # (cg_j) 16^3 0.06 / 0.22, 24^3 0.57 / 0.81, 10x64x64 2.9 / 4.8, 32^3 7.2 / 2.9,
+    # 40^3 28.5 / 4.8, 10x128x128 35 / 35. The direct solve wins up to separators of 640
+    # (512^2, 24^3, 10x64x64) and loses from 1024 (1024^2, 32^3), in 2D and 3D alike.
+    max_separator, max_voxels = 768, 1 << 22
+    cg = "cg_j" if len(grid) == 3 and not volume_multigrid else "cg_mg"
+    if backend == "scipy":
+        return "bf"
+    if backend != "auto" or device.type != "cpu":
+        return cg
+    sizes = sorted(int(n) for n in grid)
+    separator = voxels = 1
+    for n in sizes[:-1]:
+        separator *= n
+    for n in sizes:
+        voxels *= n
+    return "bf" if separator <= max_separator and voxels <= max_voxels else cg
