@@ -150,7 +150,7 @@ def test_3d_propagation_reaches_unscribbled_slices_and_its_gradient_reaches_b(tm
     assert P.shape == (1, 4, 3, 12, 10) and reachable.shape == (1, 3, 12, 10) and bool(reachable.all())
     torch.testing.assert_close(P.sum(dim=1), torch.ones(1, 3, 12, 10, dtype=torch.float64))
     # The middle slice has no left-ventricle scribble: in 3D it gets it from its neighbours.
-    assert float(P[0, 3, 1, 5, 5]) > 0.5
+    assert float(P.detach()[0, 3, 1, 5, 5]) > 0.5
     q = torch.zeros(1, 4, 3, 12, 10, dtype=torch.float64, requires_grad=True)
     loss = per_voxel_loss(P, q, 2.0, reachable)
     assert loss.shape == (1, 3, 12, 10)
