@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=int)
     ev.add_argument("--figures", type=int, default=0, help="write a figure of this many images per split")
     ev.add_argument("--propagation-scale", type=float, help=f"propagate at this fraction of the resolution {same}")
+    ev.add_argument(
+        "--volume-propagation",
+        choices=("3d", "slices"),
+        help=f"on volumes: 3d (one walk through the volume) or slices (each slice on its own) {same}",
+    )
     ev.add_argument("--out", help="folder for eval.json and figures (default: the checkpoint's folder)")
     ev.add_argument("--no-progress", action="store_true")
 
@@ -192,6 +197,8 @@ def cmd_eval(args) -> int:
     config, q_net, b_net, meta = networks_from_checkpoint(payload, args.device, source=args.checkpoint)
     if args.propagation_scale is not None:
         config = replace(config, propagation_scale=args.propagation_scale).validate()
+    if args.volume_propagation is not None:
+        config = replace(config, volume_propagation=args.volume_propagation).validate()
     data = args.data or config.data
     root = args.data_root if args.data else config.data_root
     options = parse_option_pairs(args.data_option) if args.data else config.data_options
@@ -201,6 +208,13 @@ def cmd_eval(args) -> int:
             f"the checkpoint has {meta['num_labels']} labels and {meta['in_channels']} input channels, "
             f"the data {splits.num_labels} and {splits.in_channels}"
         )
+    if splits.volumetric and not meta.get("volumes", False):
+        raise UsageError(
+            f"the checkpoint was trained on images and --data {data} holds volumes; "
+            "evaluate it on images, or train on the volumes (rawks train --data acdc-volumes)"
+        )
+    if meta.get("volumes", False) and config.volume_net == "3d" and not splits.volumetric:
+        raise UsageError(f"the checkpoint's networks are 3D (volume_net '3d') and --data {data} holds images")
     settings, alpha, name = config.propagation, config.alpha, Path(args.checkpoint).parent.name
     results = evaluate_splits(splits, q_net, b_net, settings, alpha, args.device, not args.no_progress)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
@@ -210,6 +224,7 @@ def cmd_eval(args) -> int:
         "data": data,
         "data_options": options,
         "propagation_scale": config.propagation_scale,
+        **({"volume_propagation": config.volume_propagation} if splits.volumetric else {}),
         "metrics": results,
     }
     (out / "eval.json").write_text(json.dumps(record, indent=2))

@@ -2,7 +2,7 @@
 
 A checkpoint is a dict with the keys ``config`` (the TrainConfig as a dict), ``step``,
 ``q``, ``b`` (state dicts; ``b`` None without a boundary network), ``q_opt``, ``b_opt``,
-``meta`` (num_labels, in_channels, class_names, world_size) and, optionally,
+``meta`` (num_labels, in_channels, class_names, world_size, volumes: trained on volumes) and, optionally,
 ``train_window`` (the running sums of the unfinished logging window).
 
 Checkpoints hold only tensors, dicts, lists, strings and numbers, and are read with
@@ -151,6 +151,8 @@ def check_checkpoint(payload, path) -> TrainConfig:
         value = meta.get(key) if isinstance(meta, dict) else None
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise bad(f"'meta' must hold an int {key} >= 1, got {_describe(meta) if value is None else repr(value)}")
+    if isinstance(meta, dict) and not isinstance(meta.get("volumes", False), bool):
+        raise bad(f"'meta' volumes must be a bool (trained on volumes or not), got {meta['volumes']!r}")
     if not _is_state_dict(payload["q"]):
         raise bad(f"'q' must be a state dict (str -> tensor), got {_describe(payload['q'])}")
     if not isinstance(payload["q_opt"], dict):
@@ -232,11 +234,17 @@ def networks_from_checkpoint(payload: dict, device="cpu", source="the checkpoint
     """
     config = check_checkpoint(payload, source)
     meta = payload["meta"]
-    q_net = build_segmentation_net(config.arch, meta["in_channels"], meta["num_labels"], config.q_width)
+    # meta["volumes"]: trained on volumes, with the networks config.volume_net (absent before volumes existed).
+    volume_net = config.volume_net if meta.get("volumes", False) else None
+    q_net = build_segmentation_net(
+        config.arch, meta["in_channels"], meta["num_labels"], config.q_width, volume_net=volume_net
+    )
     load_state(q_net, payload["q"], "Q network 'q'", source)
     b_net = None
     if payload.get("b") is not None:
-        b_net = build_boundary_net(config.arch, meta["in_channels"], config.b_width, initial_logit=config.initial_logit)
+        b_net = build_boundary_net(
+            config.arch, meta["in_channels"], config.b_width, initial_logit=config.initial_logit, volume_net=volume_net
+        )
         load_state(b_net, payload["b"], "boundary network 'b'", source)
         b_net.to(device).eval()
     return config, q_net.to(device).eval(), b_net, meta

@@ -17,8 +17,8 @@ from .. import _checks
 from ..loss import DEFAULT_ALPHA
 from ..options import MODELS
 from .data.registry import DATASETS, parse_options
-from .networks import ARCHS
-from .propagate import PropagationSettings
+from .networks import ARCHS, VOLUME_NETS
+from .propagate import VOLUME_PROPAGATIONS, PropagationSettings
 
 PROTOCOLS = ("joint", "joint-then-q", "sparse", "dense")
 
@@ -50,6 +50,9 @@ class TrainConfig:
     q_width: int = _flag(32, "channels of the small Q network")
     b_width: int = _flag(16, "channels of the small B network")
     weights: str | None = _flag(None, "local ResNet trunk weights (a state-dict file); nothing is downloaded")
+    volume_net: str = _flag(
+        "per-slice", "networks on volumes (acdc-volumes): per-slice (the 2D networks on every slice) or 3d"
+    )
     initial_logit: float = -10.0
     model: str = _flag("rawks", f"propagation model: {' or '.join(MODELS)}")
     backend: str = _flag(
@@ -60,6 +63,9 @@ class TrainConfig:
     rtol: float = _flag(1e-3, "accuracy of P and of the gradient that the solves certify")
     min_weight: float | None = _flag(None, "unreachable at or below this total weight", "the model's, 1e-18 for rawks")
     propagation_scale: float = _flag(1.0, "propagate at this fraction of the resolution; the paper used 0.25")
+    volume_propagation: str = _flag(
+        "3d", "on volumes: 3d (one walk through the whole volume) or slices (each slice on its own, in 2D)"
+    )
     augment: bool = True  # --no-augment
     seed: int = _flag(0, "seed of the networks, the batch order and the flips")
     eval_every: int = _flag(100, "steps between evaluations and figures")
@@ -84,6 +90,10 @@ class TrainConfig:
         _checks.check_choice("protocol", self.protocol, PROTOCOLS)
         _checks.check_choice("arch", self.arch, ARCHS)
         _checks.check_choice("model", self.model, MODELS)
+        _checks.check_choice("volume_net", self.volume_net, VOLUME_NETS)
+        _checks.check_choice("volume_propagation", self.volume_propagation, VOLUME_PROPAGATIONS)
+        if self.volume_net == "3d" and self.arch != "small":
+            raise ValueError(f"volume_net='3d' is a small network: it needs arch='small', got arch={self.arch!r}")
         _checks.check_choice("lr_schedule", self.lr_schedule, ("cosine", "constant"))
         for name in ("steps", "batch_size", "q_width", "b_width", "eval_every", "checkpoint_every", "log_every"):
             _checks.check_int(name, getattr(self, name), minimum=1)
@@ -151,7 +161,9 @@ class TrainConfig:
 
     @property
     def propagation(self) -> PropagationSettings:
-        return PropagationSettings(self.model, self.backend, self.rtol, self.min_weight, self.propagation_scale)
+        return PropagationSettings(
+            self.model, self.backend, self.rtol, self.min_weight, self.propagation_scale, self.volume_propagation
+        )
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

@@ -72,9 +72,14 @@ def save_label_png(path, labels: np.ndarray) -> Path:
 def figure_rows(
     dataset, count: int, q_net=None, b_net=None, settings=None, alpha: float = 2.0, device="cpu"
 ) -> list[dict]:
-    """The first ``count`` samples of ``dataset`` run through the networks, as rows for :func:`save_panels`."""
+    """The first ``count`` samples of ``dataset`` run through the networks, as rows for :func:`save_panels`.
+
+    Volumes: ``count`` slices, evenly spaced through the first volume (propagated in 3D, shown slice by slice).
+    """
     from .evaluate import predict
 
+    if getattr(dataset, "volumetric", False):
+        return _volume_rows(dataset, count, q_net, b_net, settings, alpha, device)
     rows = []
     for i in range(min(count, len(dataset))):
         sample = dataset[i]
@@ -87,6 +92,28 @@ def figure_rows(
         }
         if "P" in out:
             row.update(boundary=out["boundary"][0, 0], P=out["P"][0], weight=out["weight"][0])
+        rows.append(row)
+    return rows
+
+
+def _volume_rows(dataset, count: int, q_net, b_net, settings, alpha: float, device) -> list[dict]:
+    from .evaluate import predict
+
+    if count < 1 or len(dataset) == 0:
+        return []
+    sample = dataset[0]
+    out = predict([sample], dataset.num_labels, q_net, b_net, settings, alpha, device)
+    depth = sample.scribbles.shape[0]
+    rows = []
+    for d in sorted({round(float(x)) for x in np.linspace(0, depth - 1, min(count, depth))}):
+        row = {
+            "image": sample.image[:, d],
+            "scribbles": sample.scribbles[d],
+            "mask": None if sample.mask is None else sample.mask[d],
+            "q_logits": out["q_logits"][0][:, d] if "q_logits" in out else None,
+        }
+        if "P" in out:
+            row.update(boundary=out["boundary"][0, 0, d], P=out["P"][0][:, d], weight=out["weight"][0][d])
         rows.append(row)
     return rows
 

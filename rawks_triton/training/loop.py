@@ -79,12 +79,25 @@ class ListApply(nn.Module):
 
 
 def _image_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[N, H, W] values -> [N] means over ``mask`` (0 for an image with an empty mask)."""
+    """[N, H, W] (or [N, D, H, W]) values -> [N] means over ``mask`` (0 for an image with an empty mask)."""
     mask = mask.to(values.dtype)
-    return (values * mask).sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp(min=1)
+    dims = tuple(range(1, values.dim()))
+    return (values * mask).sum(dim=dims) / mask.sum(dim=dims).clamp(min=1)
 
 
-def reach_penalty(result) -> torch.Tensor:
+def per_voxel_loss(P: torch.Tensor, q: torch.Tensor, alpha: float, reachable: torch.Tensor) -> torch.Tensor:
+    """``rawks_loss(..., reduction="none")`` on images ([N, L, H, W]) or volumes ([N, L, D, H, W]).
+
+    The loss is a sum of per-pixel terms, so a volume is scored as the image [N, L, D * H, W]
+    (rawks_loss takes 4-d inputs) and the result reshaped back to [N, D, H, W].
+    """
+    if P.dim() == 4:
+        return rawks_loss(P, q, alpha, reachable, reduction="none")
+    value = rawks_loss(P.flatten(2, 3), q.flatten(2, 3), alpha, reachable.flatten(1, 2), reduction="none")
+    return value.view(reachable.shape)
+
+
+def reach_penalty(result, num_images: int | None = None) -> torch.Tensor:
     """[N] per image: the mean over its pixels of -log sum_l Z_l (0 for an image without scribbles).
 
     sum_l Z_l is the probability that a walk from the pixel reaches a scribble before it
@@ -93,9 +106,14 @@ def reach_penalty(result) -> torch.Tensor:
     with large scores; this term charges every killed walk, so that walls pay only where
     they separate labels.
     """
-    total = result.Z.clamp(min=0).sum(dim=1)  # [N, h, w]
-    penalty = -torch.log(total + reach_threshold(result.model, total.dtype)).mean(dim=(1, 2))
-    return torch.where(result.has_seeds, penalty, torch.zeros_like(penalty))
+    total = result.Z.clamp(min=0).sum(dim=1)  # [N, h, w] or [N, d, h, w]
+    dims = tuple(range(1, total.dim()))
+    penalty = -torch.log(total + reach_threshold(result.model, total.dtype)).mean(dim=dims)
+    penalty = torch.where(result.has_seeds, penalty, torch.zeros_like(penalty))
+    if num_images is not None and penalty.shape[0] != num_images:
+        # Volumes propagated slice by slice: [N * D] slices -> the mean over each volume's slices.
+        penalty = penalty.view(num_images, -1).mean(dim=1)
+    return penalty
 
 
 def step_indices(step: int, dataset_size: int, global_batch: int, seed: int) -> tuple[list[int], int]:
@@ -188,12 +206,15 @@ class Trainer:
             raise ValueError(f"protocol='dense' needs dense masks, and the {config.data} training split has none")
         torch.manual_seed(config.seed)
         L, C = self.splits.num_labels, self.splits.in_channels
-        self.q_net = build_segmentation_net(config.arch, C, L, config.q_width, config.weights).to(self.device)
+        volume_net = config.volume_net if self.splits.volumetric else None
+        self.q_net = build_segmentation_net(config.arch, C, L, config.q_width, config.weights, volume_net).to(
+            self.device
+        )
         self.b_net = None
         if config.uses_boundaries:
-            self.b_net = build_boundary_net(config.arch, C, config.b_width, config.weights, config.initial_logit).to(
-                self.device
-            )
+            self.b_net = build_boundary_net(
+                config.arch, C, config.b_width, config.weights, config.initial_logit, volume_net
+            ).to(self.device)
         self.q_opt = torch.optim.Adam(self.q_net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.b_opt = None
         if self.b_net is not None:
@@ -258,9 +279,9 @@ class Trainer:
                 P, reachable, result = propagate_scribbles(boundary, scribbles, L, cfg.propagation)
                 if phase == "q-only":
                     P = P.detach()
-                value = _image_means(rawks_loss(P, q, cfg.alpha, reachable, reduction="none"), reachable)
+                value = _image_means(per_voxel_loss(P, q, cfg.alpha, reachable), reachable)
                 if cfg.reach_weight and phase == "joint":
-                    value = value + cfg.reach_weight * reach_penalty(result)
+                    value = value + cfg.reach_weight * reach_penalty(result, len(group))
                 # 0 * sum(B) keeps every boundary parameter in the graph (DDP) when no pixel is reachable.
                 value = value + 0.0 * boundary.sum()
             else:
@@ -348,6 +369,8 @@ class Trainer:
                         "in_channels": self.splits.in_channels,
                         "class_names": list(self.splits.class_names),
                         "world_size": self.dist.world_size,
+                        # Trained on volumes: the networks are config.volume_net ("per-slice" or "3d").
+                        "volumes": self.splits.volumetric,
                     },
                     "train_window": window,
                 },

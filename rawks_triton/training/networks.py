@@ -15,6 +15,10 @@ Defaults are small fully-convolutional networks that train on a CPU in minutes:
 :class:`ResNetFCN` (``arch="resnet18"`` ... ``"resnet101"``, the paper used ResNet-101
 for both networks) needs torchvision, imported only when asked for; weights are read
 from a local file when given, nothing is downloaded.
+
+On volumes ([N, C, D, H, W]) the networks are either :class:`PerSlice` (the 2D network
+on every slice, ``volume_net="per-slice"``) or the small networks with 3D convolutions
+(``volume_net="3d"``).
 """
 
 from __future__ import annotations
@@ -24,14 +28,20 @@ import torch.nn.functional as F
 from torch import nn
 
 ARCHS = ("small", "resnet18", "resnet34", "resnet50", "resnet101")
+# Networks on volumes: the 2D networks on every slice, or small 3D convolutions.
+VOLUME_NETS = ("per-slice", "3d")
 
 
-def _block(cin: int, cout: int, dilation: int = 1, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation),
-        nn.GroupNorm(min(4, cout), cout),
-        nn.ReLU(inplace=True),
-    )
+def _block(cin: int, cout: int, dilation: int = 1, stride: int = 1, dims: int = 2) -> nn.Sequential:
+    """3x3 convolution, group norm, ReLU; ``dims=3``: a 3x3x3 convolution whose stride and
+    dilation are in-plane only (the slices of a volume are thick, the depth is short)."""
+    if dims == 2:
+        conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation)
+    else:
+        conv = nn.Conv3d(
+            cin, cout, 3, stride=(1, stride, stride), padding=(1, dilation, dilation), dilation=(1, dilation, dilation)
+        )
+    return nn.Sequential(conv, nn.GroupNorm(min(4, cout), cout), nn.ReLU(inplace=True))
 
 
 def _centred(image: torch.Tensor) -> torch.Tensor:
@@ -39,22 +49,40 @@ def _centred(image: torch.Tensor) -> torch.Tensor:
 
 
 class SegmentationNet(nn.Module):
-    """Q: a small FCN, [N, C, H, W] images in [0, 1] -> [N, num_labels, H, W] logits."""
+    """Q: a small FCN, [N, C, H, W] images in [0, 1] -> [N, num_labels, H, W] logits.
 
-    def __init__(self, in_channels: int, num_labels: int, width: int = 32):
+    ``dims=3``: the same network with 3D convolutions, [N, C, D, H, W] volumes ->
+    [N, num_labels, D, H, W] logits (strides and dilations in-plane only).
+    """
+
+    def __init__(self, in_channels: int, num_labels: int, width: int = 32, dims: int = 2):
         super().__init__()
-        self.stem = nn.Sequential(_block(in_channels, width // 2), _block(width // 2, width // 2))
-        self.down1 = _block(width // 2, width, stride=2)
-        self.down2 = _block(width, width, stride=2)
-        self.context = nn.Sequential(_block(width, width, 2), _block(width, width, 4), _block(width, width, 8))
-        self.fuse = nn.Sequential(nn.Conv2d(width + width // 2, width, 1), nn.ReLU(inplace=True))
-        self.head = nn.Conv2d(width, num_labels, 1)
+        conv1x1 = nn.Conv2d if dims == 2 else nn.Conv3d
+        self.dims = dims
+        self.stem = nn.Sequential(_block(in_channels, width // 2, dims=dims), _block(width // 2, width // 2, dims=dims))
+        self.down1 = _block(width // 2, width, stride=2, dims=dims)
+        self.down2 = _block(width, width, stride=2, dims=dims)
+        self.context = nn.Sequential(
+            _block(width, width, 2, dims=dims), _block(width, width, 4, dims=dims), _block(width, width, 8, dims=dims)
+        )
+        self.fuse = nn.Sequential(conv1x1(width + width // 2, width, 1), nn.ReLU(inplace=True))
+        self.head = conv1x1(width, num_labels, 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.dims == 3:
+            _check_grid("image", image, 3)
         full = self.stem(_centred(image))
         coarse = self.context(self.down2(self.down1(full)))
-        coarse = F.interpolate(coarse, size=full.shape[-2:], mode="bilinear", align_corners=False)
+        mode = "bilinear" if self.dims == 2 else "trilinear"
+        coarse = F.interpolate(coarse, size=full.shape[2:], mode=mode, align_corners=False)
         return self.head(self.fuse(torch.cat([coarse, full], dim=1)))
+
+
+def _check_grid(name: str, image: torch.Tensor, dims: int) -> None:
+    if image.dim() != dims + 2:
+        raise ValueError(
+            f"`{name}` must be (N, C, D, H, W) volumes for this 3D network, got shape {tuple(image.shape)}"
+        )
 
 
 def gradient_features(image: torch.Tensor) -> torch.Tensor:
@@ -85,20 +113,27 @@ def hand_made_boundary(
 
 
 class BoundaryNet(nn.Module):
-    """B: [N, C, H, W] images in [0, 1] -> [N, 1, H, W] boundary scores, softplus so B >= 0."""
+    """B: [N, C, H, W] images in [0, 1] -> [N, 1, H, W] boundary scores, softplus so B >= 0.
 
-    def __init__(self, in_channels: int, width: int = 16, initial_logit: float = -10.0):
+    ``dims=3``: 3D convolutions, [N, C, D, H, W] volumes -> [N, 1, D, H, W] scores.
+    """
+
+    def __init__(self, in_channels: int, width: int = 16, initial_logit: float = -10.0, dims: int = 2):
         super().__init__()
+        self.dims = dims
         self.body = nn.Sequential(
-            _block(2 * in_channels, width),
-            _block(width, width, 2),
-            _block(width, width, 1),
+            _block(2 * in_channels, width, dims=dims),
+            _block(width, width, 2, dims=dims),
+            _block(width, width, 1, dims=dims),
         )
-        self.head = nn.Conv2d(width, 1, 1)
+        self.head = (nn.Conv2d if dims == 2 else nn.Conv3d)(width, 1, 1)
         nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.constant_(self.head.bias, initial_logit)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.dims == 3:
+            _check_grid("image", image, 3)
+        # In-plane gradients on volumes too (the last two dimensions).
         features = torch.cat([_centred(image), 10.0 * gradient_features(image)], dim=1)
         return F.softplus(self.head(self.body(features)))
 
@@ -185,17 +220,71 @@ def _is_small(arch: str, weights: str | None) -> bool:
     return arch == "small"
 
 
+class PerSlice(nn.Module):
+    """A 2D network applied to every slice of a volume: [N, C, D, H, W] -> [N, K, D, H, W].
+
+    The slices go through ``net`` as one batch of N * D images ([N * D, C, H, W]), so
+    normalisation and every weight are shared across slices; [N, C, H, W] images pass
+    straight through.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dim() == 4:
+            return self.net(image)
+        if image.dim() != 5:
+            raise ValueError(
+                f"`image` must be (N, C, D, H, W) volumes or (N, C, H, W) images, got {tuple(image.shape)}"
+            )
+        n, c, depth, height, width = image.shape
+        slices = image.transpose(1, 2).reshape(n * depth, c, height, width)
+        out = self.net(slices)  # [N * D, K, H, W]
+        return out.reshape(n, depth, out.shape[1], height, width).transpose(1, 2)
+
+
+def _check_volume_net(volume_net: str | None, arch: str) -> None:
+    if volume_net is not None and volume_net not in VOLUME_NETS:
+        raise ValueError(f"`volume_net` must be one of {list(VOLUME_NETS)} (or None for images), got {volume_net!r}")
+    if volume_net == "3d" and arch != "small":
+        raise ValueError(f"volume_net='3d' is a small network: it needs arch='small', got arch={arch!r}")
+
+
 def build_segmentation_net(
-    arch: str, in_channels: int, num_labels: int, width: int = 32, weights: str | None = None
+    arch: str,
+    in_channels: int,
+    num_labels: int,
+    width: int = 32,
+    weights: str | None = None,
+    volume_net: str | None = None,
 ) -> nn.Module:
+    """Q for images (``volume_net=None``) or volumes ("per-slice" or "3d")."""
+    _check_volume_net(volume_net, arch)
+    if volume_net == "3d":
+        return SegmentationNet(in_channels, num_labels, width, dims=3)
     if _is_small(arch, weights):
-        return SegmentationNet(in_channels, num_labels, width)
-    return ResNetFCN(arch, in_channels, num_labels, weights)
+        net = SegmentationNet(in_channels, num_labels, width)
+    else:
+        net = ResNetFCN(arch, in_channels, num_labels, weights)
+    return PerSlice(net) if volume_net == "per-slice" else net
 
 
 def build_boundary_net(
-    arch: str, in_channels: int, width: int = 16, weights: str | None = None, initial_logit: float = -10.0
+    arch: str,
+    in_channels: int,
+    width: int = 16,
+    weights: str | None = None,
+    initial_logit: float = -10.0,
+    volume_net: str | None = None,
 ) -> nn.Module:
+    """B for images (``volume_net=None``) or volumes ("per-slice" or "3d")."""
+    _check_volume_net(volume_net, arch)
+    if volume_net == "3d":
+        return BoundaryNet(in_channels, width, initial_logit, dims=3)
     if _is_small(arch, weights):
-        return BoundaryNet(in_channels, width, initial_logit)
-    return ResNetFCN(arch, in_channels, 1, weights, softplus=True, initial_logit=initial_logit)
+        net = BoundaryNet(in_channels, width, initial_logit)
+    else:
+        net = ResNetFCN(arch, in_channels, 1, weights, softplus=True, initial_logit=initial_logit)
+    return PerSlice(net) if volume_net == "per-slice" else net

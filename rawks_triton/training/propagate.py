@@ -25,6 +25,10 @@ class PropagationSettings:
     rtol: float = 1e-3
     min_weight: float | None = None
     scale: float = 1.0
+    volume: str = "3d"  # on volumes: "3d" (one walk through the volume) or "slices" (each slice in 2D)
+
+
+VOLUME_PROPAGATIONS = ("3d", "slices")
 
 
 def downsample_scribbles(scribbles: torch.Tensor, size: tuple[int, int], num_labels: int) -> torch.Tensor:
@@ -45,7 +49,12 @@ def propagate_scribbles(
     """P [N, L, H, W] and reachable [N, H, W] at the input size, and the raw result.
 
     ``boundary`` [N, 1, H, W] >= 0 (differentiable), ``scribbles`` [N, H, W] (-1 unlabelled).
+    Volumes: ``boundary`` [N, 1, D, H, W], ``scribbles`` [N, D, H, W] give P [N, L, D, H, W]
+    and reachable [N, D, H, W]; ``settings.scale`` then reduces every slice in-plane (the
+    depth is kept), and ``settings.volume="slices"`` propagates each slice on its own.
     """
+    if scribbles.dim() == 4:
+        return _propagate_volume(boundary, scribbles, num_labels, settings)
     height, width = boundary.shape[-2:]
     scores = boundary
     seeds = scribbles
@@ -66,4 +75,40 @@ def propagate_scribbles(
     if settings.scale != 1.0:
         P = F.interpolate(P, size=(height, width), mode="bilinear", align_corners=False)
         reachable = F.interpolate(reachable[:, None].float(), size=(height, width), mode="nearest")[:, 0] > 0.5
+    return P.to(boundary.dtype), reachable, result
+
+
+def _propagate_volume(
+    boundary: torch.Tensor, scribbles: torch.Tensor, num_labels: int, settings: PropagationSettings
+) -> tuple[torch.Tensor, torch.Tensor, PropagationResult]:
+    """:func:`propagate_scribbles` on volumes: [N, 1, D, H, W] scores, [N, D, H, W] scribbles."""
+    if settings.volume not in VOLUME_PROPAGATIONS:
+        raise ValueError(f"`volume` must be one of {list(VOLUME_PROPAGATIONS)}, got {settings.volume!r}")
+    n, depth, height, width = scribbles.shape
+    scores = boundary.reshape(n, depth, height, width)  # the depth as channels: in-plane pooling per slice
+    seeds = scribbles
+    if settings.scale != 1.0:
+        size = (max(1, round(height * settings.scale)), max(1, round(width * settings.scale)))
+        scores = F.adaptive_avg_pool2d(scores, size)
+        seeds = downsample_scribbles(scribbles.reshape(n * depth, height, width), size, num_labels)
+        seeds = seeds.reshape(n, depth, *size)
+    h, w = scores.shape[-2:]
+    if settings.volume == "slices":
+        scores, seeds = scores.reshape(n * depth, 1, h, w), seeds.reshape(n * depth, h, w)
+    result = propagate(
+        scores,
+        seeds,
+        num_labels,
+        settings.model,
+        backend=settings.backend,
+        rtol=settings.rtol,
+        min_weight=settings.min_weight,
+    )
+    # [N, L, D, h, w] either way (slices: [N * D, L, h, w] regrouped).
+    P = result.P.reshape(n, depth, num_labels, h, w).transpose(1, 2) if settings.volume == "slices" else result.P
+    reachable = result.reachable.reshape(n, depth, h, w)
+    if settings.scale != 1.0:
+        P = F.interpolate(P.reshape(n, num_labels * depth, h, w), size=(height, width), mode="bilinear")
+        P = P.reshape(n, num_labels, depth, height, width)
+        reachable = F.interpolate(reachable.float(), size=(height, width), mode="nearest") > 0.5
     return P.to(boundary.dtype), reachable, result

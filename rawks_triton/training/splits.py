@@ -11,9 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import ACDCDataset, DataFolderError, FolderDataset, GrabCutDataset, ScribbleDataset, ScribbleSupDataset
+from .data import (
+    ACDCDataset,
+    ACDCVolumeDataset,
+    DataFolderError,
+    FolderDataset,
+    GrabCutDataset,
+    ScribbleDataset,
+    ScribbleSupDataset,
+)
 from .data.registry import parse_options
 from .synthetic import SyntheticDataset
+
+# The held-out patients of both ACDC sets (slices and volumes), so that their splits agree.
+ACDC_VAL_PATIENTS = "patient005"
 
 
 @dataclass
@@ -28,6 +39,11 @@ class Splits:
     @property
     def in_channels(self) -> int:
         return self.train.in_channels
+
+    @property
+    def volumetric(self) -> bool:
+        """True when the samples are volumes ([C, D, H, W] images)."""
+        return bool(getattr(self.train, "volumetric", False))
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -84,9 +100,13 @@ def build_splits(data: str, root: str | None, options: dict | None = None) -> Sp
             held = [every.names[round(i * len(every) / count)] for i in range(count)] if count else []
         train_names = [n for n in every.names if n not in set(held)]
         return Splits(every.subset(train_names), every.subset(held) if held else None)
-    if data == "acdc":
-        every = ACDCDataset(root_path)
-        val_patients = _names(options.get("val_patients", "patient005"))
+    if data in ("acdc", "acdc-volumes"):
+        # Patient-wise: every slice (acdc) or volume (acdc-volumes) of a held-out patient is held out.
+        if data == "acdc":
+            every = ACDCDataset(root_path)
+        else:
+            every = ACDCVolumeDataset(root_path, downsample=options.get("downsample", 1))
+        val_patients = _names(options.get("val_patients", ACDC_VAL_PATIENTS))
         held = [n for n in every.names if any(n.startswith(p) for p in val_patients)]
         train_names = [n for n in every.names if n not in set(held)]
         return Splits(every.subset(train_names), every.subset(held) if held else None)

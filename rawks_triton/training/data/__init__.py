@@ -9,13 +9,16 @@ on disk (:mod:`.common`):
 
 Loaders, one module per format: :class:`FolderDataset` (:mod:`.folder`, the generic
 format), :class:`GrabCutDataset` (:mod:`.grabcut`), :class:`ACDCDataset` (:mod:`.acdc`,
-HDF5 slices), :class:`ScribbleSupDataset` (:mod:`.scribblesup`, PASCAL VOC with
-ScribbleSup polylines or XML) and, in :mod:`rawks_triton.training.synthetic`, the
-generated default. :mod:`.registry` names them and their options. A missing or
-malformed folder raises :class:`DataFolderError` naming the path and what was expected.
+HDF5 slices), :class:`ACDCVolumeDataset` (:mod:`.acdc_volumes`, HDF5 volumes: samples
+carry [C, D, H, W] images and [D, H, W] scribbles and masks), :class:`ScribbleSupDataset`
+(:mod:`.scribblesup`, PASCAL VOC with ScribbleSup polylines or XML) and, in
+:mod:`rawks_triton.training.synthetic`, the generated default. :mod:`.registry` names
+them and their options. A missing or malformed folder raises :class:`DataFolderError`
+naming the path and what was expected.
 """
 
 from .acdc import ACDCDataset
+from .acdc_volumes import ACDCVolumeDataset
 from .common import (
     IGNORE,
     IMAGE_SUFFIXES,
@@ -34,6 +37,7 @@ from .scribblesup import VOC_CLASSES, ScribbleSupDataset, parse_scribble_text, p
 
 __all__ = [
     "ACDCDataset",
+    "ACDCVolumeDataset",
     "DATASETS",
     "DATA_OPTIONS",
     "IGNORE",

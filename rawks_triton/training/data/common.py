@@ -4,6 +4,9 @@
 * ``scribbles``: [H, W] int64, a label in [0, num_labels) or ``UNLABELLED`` (-1);
 * ``mask``: [H, W] int64 dense truth, a label or ``IGNORE`` (-1) (None without truth).
 
+Volumes (data sets with ``volumetric = True``) add a depth before H, W: image
+[C, D, H, W], scribbles and mask [D, H, W].
+
 A missing or malformed folder raises :class:`DataFolderError` naming the path and what
 was expected.
 """
@@ -145,6 +148,7 @@ class ScribbleDataset(torch.utils.data.Dataset):
     in_channels: int
     class_names: tuple[str, ...]
     has_masks: bool
+    volumetric = False  # True: samples are volumes, image [C, D, H, W], scribbles and mask [D, H, W]
 
     def __init__(self, names: list[str], cache: bool = True):
         if not names:

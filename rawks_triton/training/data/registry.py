@@ -16,6 +16,8 @@ the command line):
 * ``grabcut``: ``scribble_set`` ("scribbles-set-1"), ``holdout`` (names joined by "+"),
   or ``holdout_count`` (k: every (30/k)-th image in name order; default 10).
 * ``acdc``: ``val_patients`` ("patient005"; several joined by "+").
+* ``acdc-volumes``: ``val_patients`` (as ``acdc``: the same patients are held out),
+  ``downsample`` (1; k > 1 reduces every slice by k in-plane).
 * ``scribblesup``: ``layout`` ("auto"), ``train_split`` ("train"), ``val_split`` ("val";
   in the flat layout: none), ``stroke_width`` (3), ``scribble_dir`` ("pascal_2012").
 """
@@ -28,13 +30,14 @@ DATA_OPTIONS = {
     "folder": frozenset({"train_split", "val_split", "unlabelled", "ignore", "channels", "num_labels"}),
     "grabcut": frozenset({"scribble_set", "holdout", "holdout_count"}),
     "acdc": frozenset({"val_patients"}),
+    "acdc-volumes": frozenset({"val_patients", "downsample"}),
     "scribblesup": frozenset({"layout", "train_split", "val_split", "stroke_width", "scribble_dir"}),
 }
 DATASETS = tuple(DATA_OPTIONS)
 # Options that are integers; given as strings (the command line), they are converted.
 INT_OPTIONS = frozenset(
     {"train_count", "val_count", "height", "width", "num_labels", "data_seed", "unlabelled", "ignore", "channels"}
-    | {"holdout_count", "stroke_width"}
+    | {"holdout_count", "stroke_width", "downsample"}
 )
 
 
