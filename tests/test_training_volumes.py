@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from rawks_triton.cli import main
+from rawks_triton.loss import rawks_loss
 from rawks_triton.training import TrainConfig, load_checkpoint, networks_from_checkpoint, train
 from rawks_triton.training.data import ACDCVolumeDataset, DataFolderError
-from rawks_triton.training.loop import per_voxel_loss
 from rawks_triton.training.networks import (
     BoundaryNet,
     PerSlice,
@@ -152,7 +152,7 @@ def test_3d_propagation_reaches_unscribbled_slices_and_its_gradient_reaches_b(tm
     # The middle slice has no left-ventricle scribble: in 3D it gets it from its neighbours.
     assert float(P.detach()[0, 3, 1, 5, 5]) > 0.5
     q = torch.zeros(1, 4, 3, 12, 10, dtype=torch.float64, requires_grad=True)
-    loss = per_voxel_loss(P, q, 2.0, reachable)
+    loss = rawks_loss(P, q, 2.0, reachable, reduction="none")
     assert loss.shape == (1, 3, 12, 10)
     loss.mean().backward()
     assert torch.isfinite(boundary.grad).all() and float(boundary.grad.abs().sum()) > 0
@@ -166,16 +166,6 @@ def test_3d_propagation_reaches_unscribbled_slices_and_its_gradient_reaches_b(tm
     torch.testing.assert_close(
         P2[0, :, 0], propagate_scribbles(boundary.detach()[:, :, 0], sample.scribbles[None, 0], 4, EXACT)[0][0]
     )
-
-
-def test_the_loss_on_a_volume_is_the_loss_of_its_voxels():
-    torch.manual_seed(1)
-    P = torch.softmax(torch.randn(2, 3, 4, 5, 6, dtype=torch.float64), dim=1)
-    q = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64)
-    reachable = torch.rand(2, 4, 5, 6) > 0.2
-    value = per_voxel_loss(P, q, 2.0, reachable)
-    for d in range(4):
-        torch.testing.assert_close(value[:, d], per_voxel_loss(P[:, :, d], q[:, :, d], 2.0, reachable[:, d]))
 
 
 def _tiny_volume_run(tmp_path, name, **overrides):

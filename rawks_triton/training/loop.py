@@ -85,18 +85,6 @@ def _image_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(dim=dims) / mask.sum(dim=dims).clamp(min=1)
 
 
-def per_voxel_loss(P: torch.Tensor, q: torch.Tensor, alpha: float, reachable: torch.Tensor) -> torch.Tensor:
-    """``rawks_loss(..., reduction="none")`` on images ([N, L, H, W]) or volumes ([N, L, D, H, W]).
-
-    The loss is a sum of per-pixel terms, so a volume is scored as the image [N, L, D * H, W]
-    (rawks_loss takes 4-d inputs) and the result reshaped back to [N, D, H, W].
-    """
-    if P.dim() == 4:
-        return rawks_loss(P, q, alpha, reachable, reduction="none")
-    value = rawks_loss(P.flatten(2, 3), q.flatten(2, 3), alpha, reachable.flatten(1, 2), reduction="none")
-    return value.view(reachable.shape)
-
-
 def reach_penalty(result, num_images: int | None = None) -> torch.Tensor:
     """[N] per image: the mean over its pixels of -log sum_l Z_l (0 for an image without scribbles).
 
@@ -279,7 +267,7 @@ class Trainer:
                 P, reachable, result = propagate_scribbles(boundary, scribbles, L, cfg.propagation)
                 if phase == "q-only":
                     P = P.detach()
-                value = _image_means(per_voxel_loss(P, q, cfg.alpha, reachable), reachable)
+                value = _image_means(rawks_loss(P, q, cfg.alpha, reachable, reduction="none"), reachable)
                 if cfg.reach_weight and phase == "joint":
                     value = value + cfg.reach_weight * reach_penalty(result, len(group))
                 # 0 * sum(B) keeps every boundary parameter in the graph (DDP) when no pixel is reachable.
