@@ -16,8 +16,8 @@ BACKENDS = ("auto", "scipy", "torch", "triton")
 # the multigrid preconditioner at every size; on learned boundaries Jacobi-PCG cannot meet
 # the stopping rule in any reasonable number of iterations (docs/benchmarks.md).
 DIRECT_MAX_PIXELS = 512 * 512
-# Volumes: the multigrid hierarchy is built for images only so far; CG on volumes uses Jacobi.
-volume_multigrid = False
+# Volumes: multigrid as on images (2x2x2 or semi-coarsened 2x2x1 aggregates, docs/multigrid.md).
+volume_multigrid = True
 
 TRITON_MISSING = (
     "`backend`='triton' needs the triton package, which is not installed: CUDA builds of torch bring it, "
