@@ -374,3 +374,20 @@ def test_volume_mode_of_the_iterations_script_runs(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| rawks |", "| grady |"))]
     assert len(rows) == 4, rows  # isotropic and thick slices, both models
     assert all("stalled" not in row for row in rows), rows
+
+
+def test_subset_of_systems_matches_rows_of_the_full_preconditioner(rng):
+    """The cycle of some systems only (CG's compaction, per-system gathered levels) applies
+    the same map as the cycle of all of them, thick slices included."""
+    shape = (6, 11, 10)
+    _, _, stencil = volume_problem(rng, "grady-edges", 3, shape, Z_RATIO, density=0.05)
+    levels = build_hierarchy(stencil)
+    assert any(level.block != (2, 2, 2) for level in levels[:-1])
+    image_index = torch.tensor([0, 0, 1, 1, 2, 2])
+    active = (stencil.inv_diag > 0).index_select(0, image_index)
+    r = torch.from_numpy(rng.standard_normal((6, *shape))) * active
+    full = TorchMultigrid(levels, image_index)(r)
+    rows = torch.tensor([1, 2, 5])
+    part = TorchMultigrid(levels, image_index.index_select(0, rows))
+    assert part.per_group == 1
+    assert_close(part(r.index_select(0, rows)), full.index_select(0, rows), atol=1e-13, name="M_rows r")
