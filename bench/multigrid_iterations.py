@@ -24,6 +24,12 @@ Iteration counts and memory do not depend on the machine's load; the times do.
 
     python -m bench.multigrid_iterations                       # 128 .. 2048, Jacobi up to 512
     python -m bench.multigrid_iterations --write docs/multigrid.md
+
+``--volumes``: the same measurement on volumes (7-point systems): a 3D Voronoi scene of
+side ``--volume-sizes``, isotropic and with z conductances ``--z-ratio`` times the in-plane
+ones (slices thicker than the pixels), and, with ``--acdc DIR``, the cardiac MRI volumes
+of DIR/*.h5 (``image`` [D, H, W] in [0, 1], ``scribble`` 0..3, 4 = none) with
+scikit-image's conductances on the anisotropic grid (:func:`acdc_problem`).
 """
 
 from __future__ import annotations
@@ -131,6 +137,141 @@ def solve(stencil, systems, rhs, preconditioner: str, options: MultigridOptions,
     return iterations, seconds, setup, solver_bytes, extra
 
 
+def regions_volume(side: int, depth: int, num_labels: int, num_regions: int, border: float):
+    """(scores [1, D, S, S] float64, seeds [1, D, S, S]) of a 3D Voronoi scene (sites drawn in
+    the unit cube, so a volume of few slices cuts the same regions), one scribble per region."""
+    rng = np.random.default_rng(zlib.crc32(repr(("mg-volume", side, depth, num_regions)).encode()))
+    sites = rng.random((num_regions, 3))
+    zz, yy, xx = np.meshgrid(
+        (np.arange(depth) + 0.5) / depth, (np.arange(side) + 0.5) / side, (np.arange(side) + 0.5) / side, indexing="ij"
+    )
+    distance = sum((g[None] - sites[:, i, None, None, None]) ** 2 for i, g in enumerate((zz, yy, xx)))
+    region = np.argmin(distance, axis=0)
+    edge = np.zeros(region.shape, dtype=bool)
+    for dim in range(3):
+        step = np.diff(region, axis=dim) != 0
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[dim], hi[dim] = slice(0, -1), slice(1, None)
+        edge[tuple(lo)] |= step
+        edge[tuple(hi)] |= step
+    seeds = np.full(region.shape, -1)
+    half = max(1, side // 32)
+    for k in range(num_regions):
+        z, y, x = (int(c * n) for c, n in zip(sites[k], region.shape, strict=True))
+        row = seeds[z, y, max(0, x - half) : x + half + 1]
+        row[region[z, y, max(0, x - half) : x + half + 1] == k] = k % num_labels
+    scores = np.where(edge, border, 0.0)
+    return torch.from_numpy(scores)[None], torch.from_numpy(seeds)[None]
+
+
+def volume_problem(model: str, side: int, depth: int, z_ratio: float, num_labels: int, border: float, dtype):
+    """The stencil, systems and right-hand sides of a Voronoi volume; ``z_ratio`` multiplies
+    the z conductances ("rawks": unit in-plane edges, z edges ``z_ratio``, d = exp(B) times
+    the degree of an interior voxel, which is 6 exp(B) when isotropic)."""
+    scores, seeds = regions_volume(side, depth, num_labels, 4 * num_labels, border)
+    scores = scores.to(dtype)  # the coefficients in the solver's precision, as propagate makes them
+    if model == "rawks":
+        diag, right, down, deep = rawks_coefficients(scores, 3)
+        diag = torch.exp(scores) * (4.0 + 2.0 * z_ratio)
+    else:
+        _, right, down, deep = grady_node_coefficients(scores, 3)
+    coefficients = grady_edge_coefficients(torch.stack([right, down, deep * z_ratio], dim=1))
+    if model == "rawks":
+        coefficients = (diag,) + coefficients[1:]
+    return volume_systems(coefficients, seeds, num_labels, dtype)
+
+
+def volume_systems(coefficients, seeds, num_labels: int, dtype):
+    systems = compact_labels(seeds, num_labels, -1)
+    diag, right, down, deep = (c.to(dtype) for c in coefficients)
+    stencil = build_stencil(diag, right, down, systems.free, deep=deep)
+    return stencil, systems, right_hand_sides(right, down, systems, deep=deep)
+
+
+ACDC_SPACING = (10.0, 1.5, 1.5)  # mm, (z, y, x): ACDC's typical slice thickness and pixel size
+
+
+def acdc_problem(path: str, beta: float, dtype, spacing=ACDC_SPACING):
+    """A cardiac MRI volume with its scribbles (4 labels) and scikit-image's conductances on
+    the anisotropic grid: w = g_a (exp(-beta' (dI / s_a)^2) + 1e-10) along axis a, beta' =
+    beta / (10 std(I)) as in scikit-image, s_a the spacing in units of the in-plane pixel,
+    and g_a = (s_x / s_a)^2 the finite-volume factor (face area over distance) relative to
+    the in-plane edges: 1/44 along z for 10 mm slices of 1.5 mm pixels."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        image = torch.from_numpy(f["image"][()]).double()
+        scribble = torch.from_numpy(f["scribble"][()].astype(np.int64))
+    seeds = torch.where(scribble < 4, scribble, torch.full_like(scribble, -1))[None]
+    unit = min(spacing)
+    scaled = beta / (10.0 * float(image.std()))
+    weights = []
+    for dim in (2, 1, 0):  # x, y, z
+        s = spacing[dim] / unit
+        gradient = torch.diff(image, dim=dim) / s
+        w = (torch.exp(-scaled * gradient**2) + 1e-10) * (1.0 / s) ** 2
+        weights.append(torch.cat([w, torch.zeros_like(image.narrow(dim, 0, 1))], dim=dim))
+    return volume_systems(grady_edge_coefficients(torch.stack(weights)[None]), seeds, 4, dtype)
+
+
+def volume_table(args, options: MultigridOptions, dtype) -> list[str]:
+    """Iterations on Voronoi volumes (isotropic and thick-slice) and on the ACDC volumes."""
+    lines = [
+        f"{args.dtype}, rtol {RTOL:g}, {args.labels} labels (ACDC: 4), border score {args.border:g}; {options}",
+        "",
+        "| model | volume | z / in-plane conductance | systems | multigrid iterations | levels by block (x y z) "
+        "| grid complexity | solver memory (MiB) | hierarchy + cycle buffers (MiB) |",
+        "| " + " | ".join(["---"] * 9) + " |",
+    ]
+    print("\n".join(lines), flush=True)
+    cases = []
+    for ratio in [1.0] + [float(r) for r in args.z_ratio.split(",") if r]:
+        for model in args.models.split(","):
+            for side in (int(v) for v in args.volume_sizes.split(",")):
+                depth = side if ratio == 1.0 else max(1, round(side * args.thick_depth))
+                cases.append((model, f"{depth}x{side}x{side}", f"{ratio:.4g}", side, depth, ratio))
+    for model, name, ratio_text, side, depth, ratio in cases:
+        problem = volume_problem(model, side, depth, ratio, args.labels, args.border, dtype)
+        lines.append(_volume_row(args, options, model, name, ratio_text, problem))
+    if args.acdc:
+        import glob
+        import os
+
+        for path in sorted(glob.glob(os.path.join(args.acdc, "*.h5")))[: args.acdc_count]:
+            stencil, systems, rhs = acdc_problem(path, args.beta, dtype)
+            z_ratio = (ACDC_SPACING[2] / ACDC_SPACING[0]) ** 2
+            name = f"{os.path.basename(path)[:-3]} ({'x'.join(map(str, stencil.shape[1:]))})"
+            lines.append(_volume_row(args, options, "grady-acdc", name, f"{z_ratio:.4g}", (stencil, systems, rhs)))
+    return lines
+
+
+def _volume_row(args, options, model, name, ratio_text, problem) -> str:
+    stencil, systems, rhs = problem
+    iterations, _, _, solver_bytes, extra = solve(stencil, systems, rhs, "multigrid", options, 300)
+    levels = build_hierarchy(stencil, options)
+    complexity = sum(level.diag[0].numel() for level in levels) / levels[0].diag[0].numel()
+    summary = _block_counts([level.block for level in levels[:-1]])
+    shown = str(iterations) if iterations >= 0 else f"{-iterations}, stalled"
+    mib = 1 / 2**20
+    line = (
+        f"| {model} | {name} | {ratio_text} | {systems.num_systems} | {shown} | {summary} | {complexity:.2f} "
+        f"| {solver_bytes * mib:.1f} | {extra * mib:.1f} |"
+    )
+    print(line, flush=True)
+    return line
+
+
+def _block_counts(blocks) -> str:
+    """'2x2x2: 1, 2x2x1: 2, one axis: 9': how many levels aggregate blocks of each kind (x y z)."""
+    kinds = {}
+    for block in blocks:
+        name = "one axis" if sum(f == 2 for f in block) == 1 else "x".join(map(str, reversed(block)))
+        kinds[name] = kinds.get(name, 0) + 1
+    return ", ".join(
+        f"{name}: {count}" for name, count in sorted(kinds.items(), key=lambda item: item[0] == "one axis")
+    )
+
+
 RTOL = 1e-4  # the per-pixel stopping rule of rawks_triton.solve.rules (docs/numerics.md)
 
 
@@ -202,6 +343,16 @@ def main(argv=None) -> None:
     parser.add_argument("--auto-sizes", default="32x32,64x64,96x128,128x128,192x256,256x256,384x512")
     parser.add_argument("--auto-labels", default="3,21")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--volumes", action="store_true", help="instead: iterations on volumes (7-point systems)")
+    parser.add_argument("--volume-sizes", default="16,32,64")
+    parser.add_argument("--z-ratio", default="0.025", help="z / in-plane conductance of the thick-slice volumes")
+    parser.add_argument("--thick-depth", type=float, default=0.25, help="slices of a thick-slice volume per side")
+    parser.add_argument(
+        "--semi-coarsening", type=float, default=MultigridOptions.semi_coarsening, help="MultigridOptions field"
+    )
+    parser.add_argument("--acdc", metavar="DIR", help="also the ACDC volumes DIR/*.h5")
+    parser.add_argument("--acdc-count", type=int, default=10)
+    parser.add_argument("--beta", type=float, default=130.0, help="scikit-image's beta for the ACDC conductances")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -221,7 +372,13 @@ def main(argv=None) -> None:
         coarse_edge_scale=args.edge_scale,
         correction_scale=args.correction,
         cycle=args.cycle,
+        semi_coarsening=args.semi_coarsening,
     )
+    if args.volumes:
+        lines = volume_table(args, options, dtype)
+        if args.write:
+            _write_between_markers(args.write, "multigrid-volumes", "\n".join(lines))
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     models = args.models.split(",")
     for model in models:

@@ -19,8 +19,8 @@ BACKENDS = ("auto", "scipy", "torch", "triton")
 # against float32 Jacobi-CG, one thread: 24^3 0.41 s vs 0.30 s, 32^3 2.2 s vs 0.67 s, 48^3
 # 22.9 s vs 2.5 s, an ACDC volume (10 x 256 x 216, 4 labels) 172 s: CG on every volume.
 DIRECT_MAX_PIXELS = 512 * 512
-# Volumes: the multigrid hierarchy is built for images only so far; CG on volumes uses Jacobi.
-volume_multigrid = False
+# Volumes: multigrid as on images (2x2x2 or semi-coarsened 2x2x1 aggregates, docs/multigrid.md).
+volume_multigrid = True
 
 TRITON_MISSING = (
     "`backend`='triton' needs the triton package, which is not installed: CUDA builds of torch bring it, "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from ...solve.choose import volume_multigrid
 from ...solve.multigrid import build_hierarchy
 from ...solve.options import SolverOptions
 from ...solve.pcg import run_pcg
@@ -43,8 +42,8 @@ class TorchBackend:
     def _certify(self):
         """The error estimator of the final test: the preconditioner itself for multigrid; for
         Jacobi a multigrid cycle (built on first use), since r / d misses errors behind walls."""
-        if self.options.preconditioner == "multigrid" or not volume_multigrid and self.frame.ndim == 3:
-            return None  # (volumes: no multigrid hierarchy yet, Jacobi certifies itself)
+        if self.options.preconditioner == "multigrid":
+            return None
         if self.certifier is None:
             self.certifier = self._multigrid()
         return self.certifier.apply

@@ -3,6 +3,8 @@ each a handful of in-place torch ops over contiguous framed memory, on [G, k, si
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from ...solve.layout import BORDER
@@ -37,13 +39,14 @@ class TorchMultigrid(MultigridCycle):
             x.addcmul_(smoother, r)
 
     def _restrict(self, depth: int, res, coarse_rhs) -> None:
-        """coarse_rhs = P^T res: the sum of p * res over the four pixels of each 2x2 block."""
+        """coarse_rhs = P^T res: the sum of p * res over the positions of each block (4 of a 2x2
+        block, 8 of a 2x2x2 one, 4 of a 2x2x1 one)."""
         level, coarse = self.levels[depth], self.levels[depth + 1]
         corners = _corners(level, coarse)
         res_c, p_c = corners(res), corners(level.prolongation)
         out = coarse.frame.interior(coarse_rhs)
         torch.mul(res_c[0], p_c[0], out=out)
-        for k in (1, 2, 3):
+        for k in range(1, len(res_c)):
             out.addcmul_(res_c[k], p_c[k])
 
     def _prolong(self, depth: int, coarse_x, x) -> None:
@@ -53,18 +56,25 @@ class TorchMultigrid(MultigridCycle):
         x_c, p_c = corners(x), corners(level.prolongation)
         e = coarse.frame.interior(coarse_x)
         scale = self.options.correction_scale
-        for k in range(4):
+        for k in range(len(x_c)):
             x_c[k].addcmul_(p_c[k], e, value=scale)
 
 
 def _corners(level: Level, coarse: Level):
-    """t [G, m, size] -> its four [G, m, H', W'] strided views, one per corner of the 2x2 blocks."""
-    rows, cols = 2 * coarse.height, 2 * coarse.width
+    """t [G, m, size] -> its strided [G, m, *coarse shape] views, one per position of the
+    aggregation blocks (``level.block``), in C order (top-left, top-right, bottom-left,
+    bottom-right for 2x2). An odd last row, column or slice pairs with the border."""
+    block, shape = level.block, coarse.frame.shape
     frame = level.frame
+    inside = tuple(slice(BORDER, BORDER + factor * extent) for factor, extent in zip(block, shape, strict=True))
 
     def views(t):
-        blocks = frame.grid(t)[:, :, BORDER : BORDER + rows, BORDER : BORDER + cols]
-        blocks = blocks.unflatten(2, (coarse.height, 2)).unflatten(4, (coarse.width, 2))  # [G, m, H', 2, W', 2]
-        return [blocks[:, :, :, a, :, b] for a in (0, 1) for b in (0, 1)]
+        blocks = frame.grid(t)[(slice(None), slice(None)) + inside]
+        for i, (extent, factor) in enumerate(zip(shape, block, strict=True)):
+            blocks = blocks.unflatten(2 + 2 * i, (extent, factor))  # [G, m, D', bz, H', by, W', bx]
+        return [
+            blocks[(slice(None), slice(None)) + tuple(v for k in position for v in (slice(None), k))]
+            for position in itertools.product(*(range(factor) for factor in block))
+        ]
 
     return views

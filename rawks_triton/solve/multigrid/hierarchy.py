@@ -1,27 +1,31 @@
-"""The multigrid hierarchy of the 5-point random-walk systems: aggregation, the Galerkin
-coarse operators and the coarsest level's inverse, in torch ops on the tensors' device
-(every backend builds it this way; the cycle is :mod:`.cycle`).
+"""The multigrid hierarchy of the random-walk systems (5-point on images, 7-point on volumes):
+aggregation, the Galerkin coarse operators and the coarsest level's inverse, in torch ops on
+the tensors' device (every backend builds it this way; the cycle is :mod:`.cycle`).
 
 The method (docs/multigrid.md gives the derivation, the measurements behind each choice
 and the exact order of operations that the Triton kernels reproduce):
 
-* Aggregation of 2x2 pixel blocks. Inside each block only the pixels joined to the
-  block's *anchor* (the pixel with the largest internal edge weight) by positive internal
-  edges take part; seeds, isolated pixels and pixels cut off by zero-weight edges are left
-  out. The prolongation P is piecewise constant with weight ``p_i`` in {0, 1} per fine
-  pixel, one coarse unknown per block, so every coarse operator is again a 5-point
-  stencil ("diag", "right", "down"), and vectors never leak into a component that no
-  seed reaches.
-* Coarse operator: the Galerkin product P^T A P with its edge weights halved. Written as
-  A = diag(excess + degree(W)) - W, the coarse excess (the killing or seed-coupling part,
-  >= 0) is the sum of the block's excess plus its edges to left-out pixels, and the coarse
-  edge is ``coarse_edge_scale`` (1/2) times the sum of the fine edges crossing between the
-  two blocks. Summing non-negative numbers keeps every level a diagonally dominant
-  M-matrix without cancellation. Halving the edges makes the coarse Laplacian part the
-  rediscretisation of the fine one on the doubled grid (plain aggregation overestimates it
-  by 2), while the excess (mass) part is already right: one coarse operator serves both the
-  Laplacian-like Grady systems and the strongly killed RAWKS systems, with no
-  over-correction factor.
+* Aggregation of 2x2 pixel blocks (volumes: 2x2x2 voxel blocks, or 2x2x1 where the z
+  edges are weak, see :func:`build_hierarchy`). Inside each block only the pixels joined
+  to the block's *anchor* (the pixel with the largest internal edge weight) by positive
+  internal edges take part; seeds, isolated pixels and pixels cut off by zero-weight edges
+  are left out. The prolongation P is piecewise constant with weight ``p_i`` in {0, 1} per
+  fine pixel, one coarse unknown per block, so every coarse operator is again a 5-point
+  (7-point) stencil ("diag", "right", "down"[, "deep"]), and vectors never leak into a
+  component that no seed reaches.
+* Coarse operator: the Galerkin product P^T A P with its edge weights scaled per axis.
+  Written as A = diag(excess + degree(W)) - W, the coarse excess (the killing or
+  seed-coupling part, >= 0) is the sum of the block's excess plus its edges to left-out
+  pixels, and the coarse edge is the sum of the fine edges crossing between the two blocks,
+  times ``coarse_edge_scale`` (1/2) along a coarsened axis and 1 along an axis that is not
+  coarsened. On a grid of spacings h_b the edge along axis a of the Laplacian is
+  prod_{b != a} h_b / h_a (face area over distance); blocks of s_b positions per axis give
+  the rediscretisation prod_{b != a} s_b / s_a times it, while aggregation sums the
+  prod_{b != a} s_b crossing edges: it overestimates by s_a, 2 along a coarsened axis and 1
+  along one that is not (2x2, 2x2x2 and 2x2x1 blocks alike). Summing non-negative numbers
+  keeps every level a diagonally dominant M-matrix without cancellation; the excess (mass)
+  part is already right, so one coarse operator serves both the Laplacian-like Grady
+  systems and the strongly killed RAWKS systems, with no over-correction factor.
 * Symmetric V-cycle (or W-cycle, ``cycle="W"``) with ``smoothing_steps`` damped-Jacobi
   steps (weight ``jacobi_weight``) before and after the coarse correction, the correction
   optionally scaled by ``correction_scale``, and an exact inverse of the coarsest level on
@@ -29,20 +33,21 @@ and the exact order of operations that the Triton kernels reproduce):
   map, symmetric and positive definite on the free pixels (``MultigridOptions`` refuses
   scalings that would break that), so conjugate gradients stay conjugate gradients.
 
-Layout: each level of h x w unknowns is stored in the frame of
-:mod:`rawks_triton.solve.layout` (level 0 is how the solvers store their vectors, and
-shares their coefficients), per image: [N, 1, (h + 2) (w + 2)]. An odd last row or column
-is aggregated with the border, which takes no part.
+Layout: each level is stored in the frame of :mod:`rawks_triton.solve.layout` (level 0 is
+how the solvers store their vectors, and shares their coefficients), per image:
+[N, 1, size]. An odd last row, column or slice is aggregated with the border, which takes
+no part.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ...coefficients import degree
+from ...coefficients import degree, pad_last, shifted_pair
 from ...systems import Stencil
 from ..layout import BORDER, Frame
 from ..stencil import dense_matrix
@@ -61,6 +66,10 @@ class MultigridOptions:
     # Pixels whose excess (killing or seed coupling) is above wall_ratio times their degree
     # stay out of the aggregates (None: every free pixel takes part); see build_hierarchy.
     wall_ratio: float | None = 2.0
+    # Volumes: an axis is coarsened only where its mean edge weight is at least this fraction
+    # of the strongest axis's (semi-coarsening; 1: the strongest axes only, 0: always 2x2x2);
+    # see build_hierarchy and docs/multigrid.md, "Volumes", for the measurements.
+    semi_coarsening: float = 1.0
 
     def __post_init__(self):
         if self.cycle not in ("V", "W"):
@@ -80,6 +89,8 @@ class MultigridOptions:
             raise ValueError(f"`smoothing_steps` must be at least 1, got {self.smoothing_steps}")
         if self.wall_ratio is not None and not self.wall_ratio > 0:
             raise ValueError(f"`wall_ratio` must be > 0 or None, got {self.wall_ratio}")
+        if not 0.0 <= self.semi_coarsening <= 1.0:
+            raise ValueError(f"`semi_coarsening` must lie in [0, 1], got {self.semi_coarsening}")
 
 
 DEFAULT_OPTIONS = MultigridOptions()
@@ -99,6 +110,9 @@ class Level:
     coarsest_inverse: torch.Tensor | None = None  # [G, n, n] on the coarsest level
     deep: torch.Tensor | None = None  # the z edges of a volume's level
     depth: int | None = None  # the slices of a volume's level
+    # the aggregation factors to the next level in the grid's order ((2, 2) for an image; (2, 2, 2)
+    # or (1, 2, 2) for a volume); None on the coarsest level
+    block: tuple[int, ...] | None = None
 
     @property
     def frame(self) -> Frame:
@@ -118,69 +132,122 @@ class Level:
         return self.frame.row
 
 
-def block_corners(t: torch.Tensor):
-    """The four pixels (top-left, top-right, bottom-left, bottom-right) of every 2x2 block."""
-    n, h, w = t.shape
-    t4 = t.view(n, h // 2, 2, w // 2, 2)
-    return t4[:, :, 0, :, 0], t4[:, :, 0, :, 1], t4[:, :, 1, :, 0], t4[:, :, 1, :, 1]
+def block_view(t: torch.Tensor, block: tuple[int, ...]) -> torch.Tensor:
+    """[N, *shape] with every extent a multiple of its block factor -> the [N, *coarse, *block]
+    view of its aggregation blocks (``block`` in the grid's order: (2, 2) for an image,
+    (2, 2, 2) or (1, 2, 2) for a volume)."""
+    ndim = len(block)
+    coarse = [extent // factor for extent, factor in zip(t.shape[1:], block, strict=True)]
+    split = t.reshape([t.shape[0]] + [v for pair in zip(coarse, block, strict=True) for v in pair])
+    return split.permute([0] + [1 + 2 * i for i in range(ndim)] + [2 + 2 * i for i in range(ndim)])
 
 
-def anchor_components(right: torch.Tensor, down: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """Prolongation weights p in {0, 1} of a level with even size [N, H, W].
+def block_sum(blocks: torch.Tensor, dims: int) -> torch.Tensor:
+    """Sum over the last ``dims`` (block) dimensions of a :func:`block_view`, pairwise from the
+    last (x) dimension on: (tl + tr) + (bl + br) for a 2x2 block."""
+    for _ in range(dims):
+        blocks = blocks[..., 0] + blocks[..., 1] if blocks.shape[-1] == 2 else blocks[..., 0]
+    return blocks
 
-    In every 2x2 block with pixels a b / c d and internal edges ab, cd (right) and ac, bd
-    (down), the anchor is the active pixel with the largest sum of internal edge weights
-    (the first in a, b, c, d order on ties); p = 1 on the pixels joined to the anchor by
-    positive internal edges between active pixels (at most two steps round the block), 0
-    elsewhere.
+
+def _corner(blocks: torch.Tensor, index: tuple[int, ...]) -> torch.Tensor:
+    """The [N, *coarse] values at one position ``index`` (grid order) of every block."""
+    return blocks[(Ellipsis,) + tuple(index)]
+
+
+def anchor_components(edges, active: torch.Tensor, block: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Prolongation weights p in {0, 1} of a level whose extents are multiples of ``block``.
+
+    ``edges``: the level's edge arrays in the order of :attr:`Level.edges` (right, down and,
+    for a volume, deep); ``block``: the aggregation factors in the grid's order (default 2
+    along every axis). In every block the anchor is the active position with the largest
+    sum of internal edge weights (the first in C order on ties: a, b, c, d for the 2x2 block
+    a b / c d); p = 1 on the positions joined to the anchor by positive internal edges
+    between active positions, 0 elsewhere. The membership is propagated along the internal
+    edges as many times as the block has positions minus one (the longest path inside it:
+    3 for 2x2, 7 for 2x2x2), so a block's part is the anchor's whole connected component.
     """
-    r_top, _, r_bottom, _ = block_corners(right)
-    d_left, d_right, _, _ = block_corners(down)
-    a, b, c, d = (x > 0 for x in block_corners(active))
-    ab, cd, ac, bd = (r_top > 0) & a & b, (r_bottom > 0) & c & d, (d_left > 0) & a & c, (d_right > 0) & b & d
-    strength = torch.stack(
-        [
-            (r_top + d_left) * a,
-            (r_top + d_right) * b,
-            (d_left + r_bottom) * c,
-            (r_bottom + d_right) * d,
-        ]
-    )
-    # an active pixel without internal edges still beats an inactive one
-    strength = strength + torch.stack([a, b, c, d]).to(strength.dtype) * torch.finfo(strength.dtype).tiny
-    anchor = strength.argmax(dim=0)
-    is_a, is_b, is_c, is_d = (anchor == k for k in range(4))
-    # pixel q is in the anchor's component if it is the anchor, a neighbour by a positive
-    # edge, or the opposite corner reached through either neighbour
-    in_a = is_a | (is_b & ab) | (is_c & ac) | (is_d & ((bd & ab) | (cd & ac)))
-    in_b = is_b | (is_a & ab) | (is_d & bd) | (is_c & ((ac & ab) | (cd & bd)))
-    in_c = is_c | (is_a & ac) | (is_d & cd) | (is_b & ((ab & ac) | (bd & cd)))
-    in_d = is_d | (is_b & bd) | (is_c & cd) | (is_a & ((ab & bd) | (ac & cd)))
-    n, h, w = right.shape
-    p = torch.stack([torch.stack([in_a, in_b], dim=-1), torch.stack([in_c, in_d], dim=-1)], dim=2)
-    return p.view(n, h, w).to(right.dtype) * (active > 0).to(right.dtype)
+    ndim = active.dim() - 1
+    block = (2,) * ndim if block is None else tuple(block)
+    positions = list(itertools.product(*(range(factor) for factor in block)))
+    act_blocks = block_view(active > 0, block)
+    act = [_corner(act_blocks, q) for q in positions]
+    strength = [None] * len(positions)
+    links = []  # (position, its neighbour along an axis, joined by a positive edge between active positions)
+    for axis, weight in enumerate(edges):
+        dim = ndim - 1 - axis  # the grid dimension of the edge axis (x: the last)
+        if block[dim] == 1:
+            continue
+        weights = block_view(weight, block)
+        for k, q in enumerate(positions):
+            if q[dim] == 0:
+                w = _corner(weights, q)
+                partner = positions.index(q[:dim] + (1,) + q[dim + 1 :])
+                links.append((k, partner, (w > 0) & act[k] & act[partner]))
+            else:  # the internal edge along this axis ends here: it starts at the position before
+                w = _corner(weights, q[:dim] + (0,) + q[dim + 1 :])
+            strength[k] = w if strength[k] is None else strength[k] + w
+    tiny = torch.finfo(active.dtype).tiny
+    # an active position without internal edges still beats an inactive one
+    strength = torch.stack([s * a + a.to(active.dtype) * tiny for s, a in zip(strength, act, strict=True)], dim=-1)
+    anchor = strength.argmax(dim=-1)
+    member = [anchor == k for k in range(len(positions))]
+    for _ in range(len(positions) - 1):
+        for first, second, joined in links:
+            member[first] = member[first] | (member[second] & joined)
+            member[second] = member[second] | (member[first] & joined)
+    p = torch.stack(member, dim=-1).view(act_blocks.shape)
+    inverse = [0] + [v for i in range(ndim) for v in (1 + i, 1 + ndim + i)]
+    p = p.permute(inverse).reshape(active.shape)
+    return p.to(active.dtype) * (active > 0).to(active.dtype)
 
 
-def coarsen(excess, right, down, active, edge_scale: float):
-    """One aggregation step on even-size [N, H, W] tensors.
+def coarsen(excess, edges, active, block: tuple[int, ...], edge_scales: tuple[float, ...]):
+    """One aggregation step on [N, *shape] tensors whose extents are multiples of ``block``.
 
-    Returns the prolongation weights p of this level and the coarse (excess, right, down).
+    ``edges`` and ``edge_scales`` are per edge axis (right, down[, deep]). Returns the
+    prolongation weights p of this level and the coarse (excess, edges).
     """
-    p = anchor_components(right, down, active)
-    p_right = F.pad(p[:, :, 1:], (0, 1))
-    p_down = F.pad(p[:, 1:, :], (0, 0, 0, 1))
-    kept_right = right * (p * p_right)
-    kept_down = down * (p * p_down)
-    # edges from a kept pixel to a left-out one count as excess of the kept pixel's block
-    lost = degree(right - kept_right, down - kept_down)
+    ndim = len(block)
+    p = anchor_components(edges, active, block)
+    kept = [weight * (p * pad_last(shifted_pair(p, axis)[1], axis)) for axis, weight in enumerate(edges)]
+    # edges from a kept position to a left-out one count as excess of the kept position's block
+    lost = degree(*(weight - k for weight, k in zip(edges, kept, strict=True)))
     fine_excess = (excess + lost) * p
-    tl, tr, bl, br = block_corners(fine_excess)
-    coarse_excess = (tl + tr) + (bl + br)
-    _, r_tr, _, r_br = block_corners(kept_right)  # edges crossing to the block on the right
-    _, _, d_bl, d_br = block_corners(kept_down)  # edges crossing to the block below
-    coarse_right = (r_tr + r_br) * edge_scale
-    coarse_down = (d_bl + d_br) * edge_scale
-    return p, coarse_excess, coarse_right, coarse_down
+    coarse_excess = block_sum(block_view(fine_excess, block), ndim)
+    coarse_edges = []
+    for axis, (weight, scale) in enumerate(zip(kept, edge_scales, strict=True)):
+        dim = ndim - 1 - axis
+        # the fine edges from the last position of each block along the axis cross to the next block
+        crossing = block_view(weight, block).select(1 + ndim + dim, block[dim] - 1)
+        total = block_sum(crossing, ndim - 1)
+        coarse_edges.append(total if scale == 1.0 else total * scale)
+    return p, coarse_excess, tuple(coarse_edges)
+
+
+def axis_strengths(edges, aggregated: torch.Tensor) -> list[float]:
+    """The mean weight of the edges between aggregated positions, per edge axis, over the batch."""
+    means = []
+    for axis, weight in enumerate(edges):
+        first, second = shifted_pair(aggregated, axis)
+        both = pad_last(first * second, axis)
+        pairs = float(both.sum())
+        means.append(float((weight * both).sum()) / pairs if pairs > 0 else 0.0)
+    return means
+
+
+def volume_blocks(shape: tuple[int, ...], strengths: list[float], ratio: float) -> tuple[int, ...]:
+    """The block factors (grid order) of one volume level: 2 along every axis of extent > 1
+    whose mean edge weight is at least ``ratio`` times the strongest one's, 1 along the others
+    (semi-coarsening; without any edge, every axis of extent > 1 is coarsened)."""
+    ndim = len(shape)
+    candidates = [axis for axis in range(ndim) if shape[ndim - 1 - axis] > 1]
+    strongest = max((strengths[axis] for axis in candidates), default=0.0)
+    block = [1] * ndim
+    for axis in candidates:
+        if strongest == 0.0 or strengths[axis] >= ratio * strongest:
+            block[ndim - 1 - axis] = 2
+    return tuple(block)
 
 
 def _inverse(diag: torch.Tensor) -> torch.Tensor:
@@ -234,24 +301,40 @@ def connected(A: torch.Tensor) -> torch.Tensor:
 
 
 def _framed(t: torch.Tensor) -> torch.Tensor:
-    """[N, h, w] -> [N, h + 2, w + 2] with a zero border."""
-    return F.pad(t, (BORDER,) * 4)
+    """[N, *shape] -> [N, *(shape + 2)] with a zero border."""
+    return F.pad(t, (BORDER,) * (2 * (t.dim() - 1)))
 
 
-def _pad_even(t: torch.Tensor) -> torch.Tensor:
-    h, w = t.shape[-2:]
-    return F.pad(t, (0, w % 2, 0, h % 2)) if (h % 2 or w % 2) else t
+def _pad_to_blocks(t: torch.Tensor, block: tuple[int, ...]) -> torch.Tensor:
+    """Pad every odd extent with a block factor of 2 by one zero position at its end."""
+    pad = []
+    for extent, factor in zip(reversed(t.shape[1:]), reversed(block), strict=True):
+        pad += [0, extent % factor]
+    return F.pad(t, pad) if any(pad) else t
+
+
+def _crop(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    return t[(slice(None),) + tuple(slice(0, extent) for extent in shape)]
 
 
 def build_hierarchy(
     stencil: Stencil, options: MultigridOptions = DEFAULT_OPTIONS, framed: dict | None = None
 ) -> list[Level]:
-    """The levels of every image of ``stencil``: per-image [N, 1, (h + 2) (w + 2)] coefficients.
+    """The levels of every image (or volume) of ``stencil``: per-image [N, 1, size] coefficients.
 
-    Every level is stored in a frame, the h x w grid with a one-pixel zero border, which is
-    also how the torch backend stores its vectors at level 0. Aggregation pairs the rows
-    and columns of the grid from the top left; an odd last row or column is paired with the
+    Every level is stored in a frame, the grid with a one-position zero border, which is
+    also how the torch backend stores its vectors at level 0. Aggregation pairs the
+    positions along each coarsened axis from the start; an odd last one is paired with the
     border, which takes no part.
+
+    Blocks: 2x2 on images. On volumes 2x2x2, or, per level, 1 along an axis whose mean edge
+    weight (between aggregated voxels, over the batch) is below ``options.semi_coarsening``
+    times the strongest axis's, and along an axis of extent 1 (semi-coarsening: with slices
+    much thicker than the pixels, the z edges are weak and the blocks 2x2x1 until the
+    coarse z edges have caught up). The coarse edges of a coarsened axis are
+    ``options.coarse_edge_scale`` times the sum of the crossing fine edges, those of an axis
+    that is not coarsened the plain sum: the rediscretisation on the coarser grid (module
+    docstring).
 
     Walls: a pixel whose excess is above ``options.wall_ratio`` times its degree (for
     "rawks", a score above ln 2: the walk is killed there with probability above 1/2 per
@@ -263,48 +346,60 @@ def build_hierarchy(
     aggregating walls took 4 to 43 and stalled above the tolerance on two images of three
     (docs/multigrid.md).
 
-    ``framed``: the solver's own [N, (H + 2) (W + 2)] "diag", "right", "down" and
+    ``framed``: the solver's own [N, size] "diag", the edges ("right", "down"[, "deep"]) and
     "inv_diag" of ``stencil`` (the torch backend's ``FramedOperator.per_image``); level 0
     then shares them instead of holding copies. Its diagonal is 1 on seeds where level 0's
     own is 0: the same cycle, since every vector of the cycle is 0 on seeds.
     """
-    if stencil.ndim != 2:
-        raise NotImplementedError("build_hierarchy: the multigrid hierarchy of volumes is not implemented")
+    if stencil.ndim not in (2, 3):
+        raise NotImplementedError(f"build_hierarchy: grids of 2 or 3 dimensions, got {stencil.ndim}")
     if options.coarsest_pixels < 1:
         raise ValueError(f"`coarsest_pixels` must be at least 1, got {options.coarsest_pixels}")
+    volume = stencil.ndim == 3
+    names = ("right", "down", "deep")[: stencil.ndim]
     dtype = stencil.diag.dtype
     active = (stencil.inv_diag > 0).to(dtype)  # free pixels with d > 0
-    right, down = stencil.right, stencil.down
+    edges = stencil.edges
     diag = stencil.diag * active  # seeds out: their identity rows are not aggregated
-    excess = torch.clamp(diag - degree(right, down), min=0.0) * active
+    excess = torch.clamp(diag - degree(*edges), min=0.0) * active
     levels = []
     while True:
-        height, width = diag.shape[-2:]
-        frame = Frame(height, width)
+        shape = tuple(diag.shape[1:])
+        frame = Frame(*shape)
         if not levels and framed is not None:
-            level = Level(height, width, *(framed[name].unsqueeze(1) for name in ("diag", "right", "down", "inv_diag")))
+            coefficients = [framed[name].unsqueeze(1) for name in ("diag", *names, "inv_diag")]
         else:
-            level = Level(
-                height,
-                width,
-                frame.frame(diag).unsqueeze(1),
-                frame.frame(right).unsqueeze(1),
-                frame.frame(down).unsqueeze(1),
-                frame.frame(_inverse(diag) * active).unsqueeze(1),
-            )
+            coefficients = [frame.frame(t).unsqueeze(1) for t in (diag, *edges, _inverse(diag) * active)]
+        level = Level(
+            shape[-2],
+            shape[-1],
+            coefficients[0],
+            coefficients[1],
+            coefficients[2],
+            coefficients[-1],
+            deep=coefficients[3] if volume else None,
+            depth=shape[0] if volume else None,
+        )
         levels.append(level)
-        if height * width <= options.coarsest_pixels or (height == 1 and width == 1):
-            A = dense_matrix(_framed(diag), _framed(right), _framed(down))
+        if diag[0].numel() <= options.coarsest_pixels or all(extent == 1 for extent in shape):
+            A = dense_matrix(_framed(diag), *(_framed(t) for t in edges))
             level.coarsest_inverse = coarsest_inverse(A, torch.finfo(dtype).eps).to(dtype).contiguous()
             return levels
         aggregated = active
         if options.wall_ratio is not None:
-            aggregated = active * (excess <= options.wall_ratio * degree(right, down)).to(dtype)
-        p, excess, right, down = coarsen(
-            *(_pad_even(t) for t in (excess, right, down, aggregated)), options.coarse_edge_scale
+            aggregated = active * (excess <= options.wall_ratio * degree(*edges)).to(dtype)
+        if volume:
+            level.block = volume_blocks(shape, axis_strengths(edges, aggregated), options.semi_coarsening)
+        else:
+            level.block = (2, 2)
+        scales = tuple(
+            options.coarse_edge_scale if level.block[stencil.ndim - 1 - axis] == 2 else 1.0
+            for axis in range(stencil.ndim)
         )
-        level.prolongation = frame.frame(p[:, :height, :width]).unsqueeze(1)
-        diag = excess + degree(right, down)
+        padded = [_pad_to_blocks(t, level.block) for t in (excess, *edges, aggregated)]
+        p, excess, edges = coarsen(padded[0], tuple(padded[1:-1]), padded[-1], level.block, scales)
+        level.prolongation = frame.frame(_crop(p, shape)).unsqueeze(1)
+        diag = excess + degree(*edges)
         active = (diag > 0).to(dtype)
 
 
@@ -321,4 +416,7 @@ def select_images(level: Level, groups) -> Level:
         pick(level.inv_diag),
         pick(level.prolongation),
         pick(level.coarsest_inverse),
+        pick(level.deep),
+        level.depth,
+        level.block,
     )
