@@ -391,3 +391,18 @@ def test_subset_of_systems_matches_rows_of_the_full_preconditioner(rng):
     part = TorchMultigrid(levels, image_index.index_select(0, rows))
     assert part.per_group == 1
     assert_close(part(r.index_select(0, rows)), full.index_select(0, rows), atol=1e-13, name="M_rows r")
+
+
+def test_auto_keeps_backend_triton_on_volumes_to_its_jacobi(monkeypatch):
+    """backend="triton" has no multigrid cycle for volumes: "auto" gives it Jacobi there, and
+    "auto" on CUDA volumes picks the torch backend's multigrid instead of Triton's Jacobi."""
+    from rawks_triton.solve import choose
+
+    monkeypatch.setattr(choose, "triton_available", lambda device: True)
+    monkeypatch.setattr(choose, "triton_installed", lambda: True)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose.choose_solver("triton", "auto", cpu, 16, 16, "rawks", depth=8) == ("triton", "jacobi")
+    assert choose.choose_solver("triton", "auto", cpu, 16, 16, "rawks") == ("triton", "multigrid")
+    assert choose.choose_solver("auto", "auto", cuda, 16, 16, "rawks", depth=8) == ("torch", "multigrid")
+    assert choose.choose_solver("auto", "jacobi", cuda, 16, 16, "rawks", depth=8) == ("triton", "jacobi")
+    assert choose.choose_solver("auto", "auto", cuda, 16, 16, "rawks") == ("triton", "multigrid")

@@ -56,19 +56,26 @@ def choose_solver(
 ) -> tuple[str, str]:
     """(backend, preconditioner) for ``backend`` and ``preconditioner`` that may be "auto".
 
-    * backend "auto": on CUDA "triton" (or "torch" without triton). On the CPU "scipy" (the
+    * backend "auto": on CUDA "triton" (or "torch" without triton; "torch" for volumes with
+      multigrid, whose cycle the Triton backend has for images only). On the CPU "scipy" (the
       direct factorisation, float64) for the "grady" model when the image has at most
-      ``DIRECT_MAX_PIXELS`` pixels and the preconditioner is left to "auto", else "torch".
+      ``DIRECT_MAX_PIXELS`` pixels and the preconditioner is left to "auto", else "torch"
+      (always "torch" for volumes).
     * preconditioner "auto": "multigrid" for the CG backends, "none" for the direct solver.
     """
     pixels = depth * height * width  # voxels, for a volume of ``depth`` slices
     direct = device.type == "cpu" and preconditioner == "auto" and model == "grady" and pixels <= DIRECT_MAX_PIXELS
     direct = direct and depth == 1  # volumes: never (the LU's fill-in, see DIRECT_MAX_PIXELS)
+    volume_cycle = depth > 1 and volume_multigrid and preconditioner in ("auto", "multigrid")
+    if backend == "auto" and volume_cycle and device.type == "cuda":
+        backend = "torch"  # the Triton multigrid cycle is 2D; the torch cycle runs on CUDA
     backend = "scipy" if backend == "auto" and direct else resolve_backend(backend, device)
     if backend == "scipy":
         return backend, "none"
     if preconditioner == "auto":
-        preconditioner = "multigrid" if volume_multigrid or depth == 1 else "jacobi"
+        # volumes on backend="triton": Jacobi (its multigrid cycle is 2D)
+        volume_cycle = volume_multigrid and backend != "triton"
+        preconditioner = "multigrid" if depth == 1 or volume_cycle else "jacobi"
     return backend, preconditioner
 
 
