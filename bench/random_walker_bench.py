@@ -25,6 +25,7 @@ import argparse
 import datetime
 import math
 import platform
+import shlex
 import statistics
 import sys
 import warnings
@@ -234,7 +235,7 @@ def format_crossover(rows: list[Row]) -> str:
 
 
 def machine_line(argv, threads: int) -> str:
-    command = "python -m bench.random_walker_bench " + " ".join(argv)
+    command = "python -m bench.random_walker_bench " + shlex.join(argv)
     return (
         f"`{command}` on {datetime.date.today().isoformat()}: {cpu_model()}, {threads} torch thread(s), "
         f"torch {torch.__version__}, Python {platform.python_version()}; wall-clock seconds, the first call "
@@ -303,6 +304,9 @@ def main(argv=None) -> int:
             log("scikit-image or pyamg is not installed: no scikit-image column")
             skimage_ok = False
         names = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in names if m not in METHODS]
+        if unknown:
+            parser.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
         cases = []
         for n in ints(args.sizes):
             scene = make_scene(n, n, 3)

@@ -78,7 +78,7 @@ def test_one_list_of_data_sets():
     from rawks_triton.training.baselines import main as baseline_main
     from rawks_triton.training.data.registry import DATA_OPTIONS
 
-    assert DATASETS == tuple(DATA_OPTIONS) == ("synthetic", "folder", "grabcut", "acdc", "scribblesup")
+    assert DATASETS == tuple(DATA_OPTIONS) == ("synthetic", "folder", "grabcut", "acdc", "acdc-volumes", "scribblesup")
     for command in ("train", "eval"):
         assert tuple(_option(_subparser(command), "--data").choices) == DATASETS
     with pytest.raises(SystemExit):
