@@ -26,9 +26,10 @@ LAYERS = [
     ["backends"],
     ["aot", "autograd", "options"],
     ["propagation"],
+    ["random_walker_weights"],
     ["random_walker", "loss", "testing"],
     ["training", "demo"],
-    ["cli"],
+    ["cli", "cli_scribbles"],
 ]
 
 

@@ -11,7 +11,8 @@ import torch
 
 from rawks_triton.training import TrainConfig, Trainer, train
 from rawks_triton.training.evaluate import ConfusionMatrix, evaluate
-from rawks_triton.training.loop import CSV_FIELDS, reach_penalty, step_indices
+from rawks_triton.training.loop import reach_penalty, step_indices
+from rawks_triton.training.report import CSV_FIELDS
 
 TINY = {"train_count": 6, "val_count": 2, "height": 32, "width": 40}
 
@@ -300,7 +301,7 @@ def test_resume_inside_a_logging_window_writes_the_rows_of_the_uninterrupted_run
 
 
 def test_metrics_log_on_resume_drops_later_and_cut_short_rows(tmp_path):
-    from rawks_triton.training.loop import MetricsLog
+    from rawks_triton.training.report import MetricsLog
 
     path = tmp_path / "metrics.csv"
     full = lambda step: ",".join([str(step), "joint", "train", "", "0.5"] + [""] * (len(CSV_FIELDS) - 5))  # noqa: E731

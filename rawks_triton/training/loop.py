@@ -20,7 +20,6 @@ The config and its defaults are in :mod:`.config`, the checkpoint files in
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -34,7 +33,7 @@ from torch import nn
 from ..loss import rawks_loss
 from ..propagation import reach_threshold
 from . import distributed
-from .checkpoint import CHECKPOINT, CheckpointError, atomic_write, load_checkpoint, load_state, save_checkpoint
+from .checkpoint import CHECKPOINT, CheckpointError, load_checkpoint, load_state, save_checkpoint
 from .config import TrainConfig
 from .data import Sample
 from .evaluate import evaluate_splits
@@ -42,29 +41,8 @@ from .figures import save_split_figures
 from .networks import build_boundary_net, build_segmentation_net
 from .progress import progress_bar
 from .propagate import propagate_scribbles
-from .report import RunSummary
+from .report import METRICS, MetricsLog, RunSummary
 from .splits import Splits, build_splits
-
-METRICS = "metrics.csv"
-CSV_FIELDS = (
-    "step",
-    "phase",
-    "kind",
-    "split",
-    "loss",
-    "q_miou",
-    "q_accuracy",
-    "q_pixel_error",
-    "p_miou",
-    "p_accuracy",
-    "p_pixel_error",
-    "p_miou_abstain",
-    "p_pixel_error_abstain",
-    "abstained",
-    "images",
-    "images_per_second",
-    "seconds",
-)
 
 
 class ListApply(nn.Module):
@@ -123,48 +101,6 @@ def group_by_size(samples: list[Sample]) -> list[list[Sample]]:
     for s in samples:
         groups.setdefault(tuple(s.image.shape), []).append(s)
     return list(groups.values())
-
-
-class MetricsLog:
-    """metrics.csv of a run (rank 0 only); on resume, rows past the checkpoint are dropped.
-
-    The file is rewritten atomically on resume; rows that do not parse (a line cut short
-    by a crash) are dropped with the rows past the checkpoint.
-    """
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        rows = []
-        if resume_step is not None and path.is_file():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if _step_of(r) is not None and _step_of(r) <= resume_step]
-
-        def write(f):
-            writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-        atomic_write(path, write, text=True)
-
-    def append(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, CSV_FIELDS).writerow({k: _fmt(row.get(k)) for k in CSV_FIELDS})
-
-
-def _step_of(row: dict) -> int | None:
-    """The step of a metrics.csv row, None for a row cut short or malformed."""
-    if None in row or any(value is None for value in row.values()):
-        return None
-    try:
-        return int(row["step"])
-    except ValueError:
-        return None
-
-
-def _fmt(value):
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "" if value is None else value
 
 
 class Trainer:

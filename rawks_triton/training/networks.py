@@ -252,6 +252,15 @@ def _check_volume_net(volume_net: str | None, arch: str) -> None:
         raise ValueError(f"volume_net='3d' is a small network: it needs arch='small', got arch={arch!r}")
 
 
+def _build(arch: str, weights: str | None, volume_net: str | None, small, resnet) -> nn.Module:
+    """``small(dims)`` or ``resnet()`` for images, per slice, or (small only) in 3D."""
+    _check_volume_net(volume_net, arch)
+    if volume_net == "3d":
+        return small(3)
+    net = small(2) if _is_small(arch, weights) else resnet()
+    return PerSlice(net) if volume_net == "per-slice" else net
+
+
 def build_segmentation_net(
     arch: str,
     in_channels: int,
@@ -261,14 +270,11 @@ def build_segmentation_net(
     volume_net: str | None = None,
 ) -> nn.Module:
     """Q for images (``volume_net=None``) or volumes ("per-slice" or "3d")."""
-    _check_volume_net(volume_net, arch)
-    if volume_net == "3d":
-        return SegmentationNet(in_channels, num_labels, width, dims=3)
-    if _is_small(arch, weights):
-        net = SegmentationNet(in_channels, num_labels, width)
-    else:
-        net = ResNetFCN(arch, in_channels, num_labels, weights)
-    return PerSlice(net) if volume_net == "per-slice" else net
+
+    def small(dims):
+        return SegmentationNet(in_channels, num_labels, width, dims=dims)
+
+    return _build(arch, weights, volume_net, small, lambda: ResNetFCN(arch, in_channels, num_labels, weights))
 
 
 def build_boundary_net(
@@ -280,11 +286,11 @@ def build_boundary_net(
     volume_net: str | None = None,
 ) -> nn.Module:
     """B for images (``volume_net=None``) or volumes ("per-slice" or "3d")."""
-    _check_volume_net(volume_net, arch)
-    if volume_net == "3d":
-        return BoundaryNet(in_channels, width, initial_logit, dims=3)
-    if _is_small(arch, weights):
-        net = BoundaryNet(in_channels, width, initial_logit)
-    else:
-        net = ResNetFCN(arch, in_channels, 1, weights, softplus=True, initial_logit=initial_logit)
-    return PerSlice(net) if volume_net == "per-slice" else net
+
+    def small(dims):
+        return BoundaryNet(in_channels, width, initial_logit, dims=dims)
+
+    def resnet():
+        return ResNetFCN(arch, in_channels, 1, weights, softplus=True, initial_logit=initial_logit)
+
+    return _build(arch, weights, volume_net, small, resnet)

@@ -62,7 +62,17 @@ def propagate_scribbles(
         size = (max(1, round(height * settings.scale)), max(1, round(width * settings.scale)))
         scores = F.adaptive_avg_pool2d(scores, size)
         seeds = downsample_scribbles(scribbles, size, num_labels)
-    result = propagate(
+    result = _solve(scores, seeds, num_labels, settings)
+    P, reachable = result.P, result.reachable
+    if settings.scale != 1.0:
+        P = F.interpolate(P, size=(height, width), mode="bilinear", align_corners=False)
+        reachable = F.interpolate(reachable[:, None].float(), size=(height, width), mode="nearest")[:, 0] > 0.5
+    return P.to(boundary.dtype), reachable, result
+
+
+def _solve(scores: torch.Tensor, seeds: torch.Tensor, num_labels: int, settings: PropagationSettings):
+    """:func:`rawks_triton.propagate` with the settings' model, backend and accuracy."""
+    return propagate(
         scores,
         seeds,
         num_labels,
@@ -71,11 +81,6 @@ def propagate_scribbles(
         rtol=settings.rtol,
         min_weight=settings.min_weight,
     )
-    P, reachable = result.P, result.reachable
-    if settings.scale != 1.0:
-        P = F.interpolate(P, size=(height, width), mode="bilinear", align_corners=False)
-        reachable = F.interpolate(reachable[:, None].float(), size=(height, width), mode="nearest")[:, 0] > 0.5
-    return P.to(boundary.dtype), reachable, result
 
 
 def _propagate_volume(
@@ -95,15 +100,7 @@ def _propagate_volume(
     h, w = scores.shape[-2:]
     if settings.volume == "slices":
         scores, seeds = scores.reshape(n * depth, 1, h, w), seeds.reshape(n * depth, h, w)
-    result = propagate(
-        scores,
-        seeds,
-        num_labels,
-        settings.model,
-        backend=settings.backend,
-        rtol=settings.rtol,
-        min_weight=settings.min_weight,
-    )
+    result = _solve(scores, seeds, num_labels, settings)
     # [N, L, D, h, w] either way (slices: [N * D, L, h, w] regrouped).
     P = result.P.reshape(n, depth, num_labels, h, w).transpose(1, 2) if settings.volume == "slices" else result.P
     reachable = result.reachable.reshape(n, depth, h, w)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .common import UNLABELLED, DataFolderError, Sample, ScribbleDataset, _check_label_range, _only, _require_dir
+from .acdc import find_files, read_file
+from .common import Sample, ScribbleDataset
 
 
 class ACDCVolumeDataset(ScribbleDataset):
@@ -33,44 +34,18 @@ class ACDCVolumeDataset(ScribbleDataset):
 
     def __init__(self, root, names=None, patients=None, downsample: int = 1, cache: bool = True):
         self.root = Path(root)
-        _require_dir(self.root, "ACDC volumes root")
         if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
             raise ValueError(f"`downsample` must be an int >= 1, got {downsample!r}")
         self.downsample = downsample
-        found = sorted(p.stem for p in self.root.glob("*.h5"))
-        if not found:
-            raise DataFolderError(f"ACDC volumes: expected HDF5 volumes <name>.h5 in {self.root}, found none")
-        found = _only(found, names, "ACDC volumes: no volumes", self.root)
-        if patients is not None:
-            found = [n for n in found if any(n.startswith(p) for p in patients)]
+        found = find_files(self.root, names, patients, "ACDC volumes", "volumes")
         super().__init__(found, cache)
 
     def describe(self) -> str:
         return f"ACDC volumes at {self.root}: <name>.h5"
 
     def load(self, index: int) -> Sample:
-        try:
-            import h5py
-        except ImportError as err:  # pragma: no cover - h5py is in the [train] extra
-            raise ImportError("reading ACDC needs h5py: pip install 'rawks-triton[train]'") from err
         name = self.names[index]
-        path = self.root / f"{name}.h5"
-        with h5py.File(path, "r") as f:
-            for key in ("image", "label", "scribble"):
-                if key not in f:
-                    raise DataFolderError(f"ACDC volume {path} has no dataset {key!r} (found {sorted(f.keys())})")
-            image = np.asarray(f["image"], dtype=np.float32)
-            label = np.asarray(f["label"]).astype(np.int64)
-            scribble = np.asarray(f["scribble"]).astype(np.int64)
-        if image.ndim != 3 or label.shape != image.shape or scribble.shape != image.shape:
-            raise DataFolderError(
-                f"ACDC volume {path}: expected 3-d (D, H, W) image, label and scribble of one size, got "
-                f"{image.shape}, {label.shape}, {scribble.shape}"
-                + (" (a 2-d slice: use --data acdc)" if image.ndim == 2 else "")
-            )
-        scribble = np.where(scribble == self.UNLABELLED_VALUE, UNLABELLED, scribble)
-        _check_label_range(scribble, 4, "scribble", path)
-        _check_label_range(label, 4, "label", path)
+        image, scribble, label = read_file(self.root / f"{name}.h5", 3, self.UNLABELLED_VALUE)
         image = torch.from_numpy(np.ascontiguousarray(np.clip(image, 0.0, 1.0)))[None]  # [1, D, H, W]
         scribbles, mask = torch.from_numpy(scribble), torch.from_numpy(label)
         if self.downsample > 1:
