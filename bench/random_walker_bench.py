@@ -38,7 +38,6 @@ import torch
 from bench.harness import cpu_model, first_call, timed_calls
 from bench.markers import append_between_markers, write_between_markers
 from bench.problems import make_scene
-from rawks_triton.solve import choose
 
 BETA = 130.0
 TOL = 1e-3
@@ -169,8 +168,6 @@ def run_case(case: Case, names, repeats: int, budget: float, skimage_ok: bool, l
     for name in names:
         if name not in table:
             continue
-        if name == "ours cg_mg" and case.labels.ndim == 3 and not choose.volume_multigrid:
-            continue  # runs as cg_j until the 3D multigrid lands
         if name == "ours cg_j" and case.labels.size > CG_J_MAX_VOXELS:
             log(f"{case.name} {case.size} {name}: not run (Jacobi needs minutes at this size)")
             continue

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from . import _checks
-from .options import PRECONDITIONERS
 from .propagation import PropagationResult, propagate
 from .random_walker_weights import EDGE_EPSILON, _seeded_components, image_edge_weights  # noqa: F401
 from .solve import choose
@@ -168,24 +167,7 @@ def _mode_solver(mode: str, device: torch.device, grid, num_labels: int, backend
         mode = choose.random_walker_mode(device, grid, num_labels, backend)
     if mode == "bf":
         return dict(backend="scipy")
-    preconditioner = "jacobi"
-    if mode == "cg_mg":
-        if "multigrid" not in PRECONDITIONERS:
-            warnings.warn(
-                'random_walker: mode "cg_mg" needs the multigrid preconditioner, which this version of '
-                'rawks_triton lacks; using "cg_j" (Jacobi) instead.',
-                UserWarning,
-                stacklevel=4,
-            )
-        elif len(grid) == 3 and not choose.volume_multigrid:
-            warnings.warn(
-                'random_walker: mode "cg_mg" on a volume needs the 3D multigrid preconditioner, which this '
-                'version of rawks_triton lacks; using "cg_j" (Jacobi) instead (mode="auto" or "bf" may be faster).',
-                UserWarning,
-                stacklevel=4,
-            )
-        else:
-            preconditioner = "multigrid"
+    preconditioner = "multigrid" if mode == "cg_mg" else "jacobi"
     return dict(backend=backend, preconditioner=preconditioner, maxiter=maxiter)
 
 

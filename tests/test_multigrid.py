@@ -60,13 +60,7 @@ def explicit_preconditioner(M, num_systems, h, w):
     return torch.stack(columns, dim=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster, and steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster and steady
 
 
 @pytest.mark.parametrize("cycle", list(CYCLES))

@@ -104,12 +104,7 @@ def axis_scale_matrix(level, coarse, scale):
     return S
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster and steady
 
 
 GALERKIN_SHAPES = [(5, 6, 7), (8, 8, 8), (3, 9, 10), (1, 7, 6)]

@@ -19,8 +19,6 @@ BACKENDS = ("auto", "scipy", "torch", "triton")
 # against float32 Jacobi-CG, one thread: 24^3 0.41 s vs 0.30 s, 32^3 2.2 s vs 0.67 s, 48^3
 # 22.9 s vs 2.5 s, an ACDC volume (10 x 256 x 216, 4 labels) 172 s: CG on every volume.
 DIRECT_MAX_PIXELS = 512 * 512
-# Volumes: multigrid as on images (2x2x2 or semi-coarsened 2x2x1 aggregates, docs/multigrid.md).
-volume_multigrid = True
 
 TRITON_MISSING = (
     "`backend`='triton' needs the triton package, which is not installed: CUDA builds of torch bring it, "
@@ -66,7 +64,7 @@ def choose_solver(
     pixels = depth * height * width  # voxels, for a volume of ``depth`` slices
     direct = device.type == "cpu" and preconditioner == "auto" and model == "grady" and pixels <= DIRECT_MAX_PIXELS
     direct = direct and depth == 1  # volumes: never (the LU's fill-in, see DIRECT_MAX_PIXELS)
-    volume_cycle = depth > 1 and volume_multigrid and preconditioner in ("auto", "multigrid")
+    volume_cycle = depth > 1 and preconditioner in ("auto", "multigrid")
     if backend == "auto" and volume_cycle and device.type == "cuda":
         backend = "torch"  # the Triton multigrid cycle is 2D; the torch cycle runs on CUDA
     backend = "scipy" if backend == "auto" and direct else resolve_backend(backend, device)
@@ -74,8 +72,7 @@ def choose_solver(
         return backend, "none"
     if preconditioner == "auto":
         # volumes on backend="triton": Jacobi (its multigrid cycle is 2D)
-        volume_cycle = volume_multigrid and backend != "triton"
-        preconditioner = "multigrid" if depth == 1 or volume_cycle else "jacobi"
+        preconditioner = "multigrid" if depth == 1 or backend != "triton" else "jacobi"
     return backend, preconditioner
 
 
@@ -96,7 +93,7 @@ def random_walker_mode(device: torch.device, grid: tuple[int, ...], num_labels: 
     """The mode that ``random_walker(mode="auto")`` runs: "bf", "cg_mg" or "cg_j".
 
     * ``backend`` named (not "auto"): CG on it, with multigrid where the grid has one
-      (images; volumes once ``volume_multigrid`` is True), else Jacobi; "scipy" is the
+      (images and volumes; Jacobi for backend="triton" on volumes); "scipy" is the
       direct solve.
     * CUDA: the same CG choice (the direct solve would run on the host).
     * CPU: the direct solve while the grid's separator, the product of all its sizes but
@@ -112,7 +109,7 @@ def random_walker_mode(device: torch.device, grid: tuple[int, ...], num_labels: 
     # 40^3 28.5 / 4.8, 10x128x128 35 / 35. The direct solve wins up to separators of 640
     # (512^2, 24^3, 10x64x64) and loses from 1024 (1024^2, 32^3), in 2D and 3D alike.
     max_separator, max_voxels = 768, 1 << 22
-    cg = "cg_j" if len(grid) == 3 and not volume_multigrid else "cg_mg"
+    cg = "cg_j" if len(grid) == 3 and backend == "triton" else "cg_mg"
     if backend == "scipy":
         return "bf"
     if backend != "auto" or device.type != "cpu":

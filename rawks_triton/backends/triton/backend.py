@@ -41,7 +41,7 @@ class TritonBackend:
         self.frame = self.op.frame
         self.systems = systems
         self.options = options
-        self.certifier = None  # built on first use; False: Jacobi certifies itself (volumes)
+        self.certifier = None  # built on first use
         self.preconditioner = None  # Jacobi, fused into the CG kernels
         if options.preconditioner == "multigrid":
             # The hierarchy is built once per image and serves the forward and the adjoint solve.
@@ -59,18 +59,12 @@ class TritonBackend:
         if self.preconditioner is not None:
             return None
         if self.certifier is None:
-            self.certifier = self._multigrid() if self.frame.ndim == 2 else self._volume_certifier()
-        return self.certifier.apply if self.certifier else None
-
-    def _volume_certifier(self):
-        """The torch multigrid cycle of the volumes, or False while build_hierarchy has no
-        hierarchy for volumes: then the Jacobi preconditioner certifies itself, as the torch
-        backend does on volumes."""
-        try:
-            levels = build_hierarchy(self.stencil, framed=self.op.coefficients)
-        except NotImplementedError:
-            return False
-        return TorchMultigrid(levels, self.systems.image_index)
+            if self.frame.ndim == 2:
+                self.certifier = self._multigrid()
+            else:
+                levels = build_hierarchy(self.stencil, framed=self.op.coefficients)
+                self.certifier = TorchMultigrid(levels, self.systems.image_index)
+        return self.certifier.apply
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
         """A x for [S, H, W] (or [S, D, H, W]) vectors."""
