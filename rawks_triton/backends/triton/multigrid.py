@@ -6,7 +6,9 @@ The cycle is the one of :class:`rawks_triton.solve.multigrid.MultigridCycle`; it
 primitives (residual, Jacobi step, restriction, prolongation) are launches of the kernels
 of :mod:`rawks_triton.kernels.multigrid`, the coarsest level is one batched dense product
 (cuBLAS on CUDA). Level 0 is the CG's framed layout, so :meth:`apply` reads the CG's r and
-writes its z with no copy.
+writes its z with no copy. Images take the 5-point kernels and 2x2 blocks; volumes the
+7-point ones (``THREE_D``) with each level's block factors (``Level.block``: 2x2x2, or
+semi-coarsened blocks such as 1x2x2), the same hierarchy and cycle as the torch backend.
 """
 
 from __future__ import annotations
@@ -15,13 +17,22 @@ import torch
 import triton
 
 from ...kernels import mg_jacobi_kernel, mg_prolong_kernel, mg_residual_kernel, mg_restrict_kernel
-from ...solve.layout import Frame
 from ...solve.multigrid import Level, MultigridCycle, MultigridOptions, build_hierarchy
 from ...systems import Stencil
 
 BLOCK = 1024
 NUM_WARPS = 4
+# Volumes: at 8 elements per thread the 7-point residual took 128 registers on sm_90 in both
+# dtypes and the 8-position restriction 80 (fp32) and 114 (fp64) (aot table); 8 warps (4 per
+# thread) take 64 and 80, and 48 and 60. The position-wise Jacobi step keeps NUM_WARPS.
+# Not tuned on a GPU.
+VOLUME_NUM_WARPS = 8
 DEFAULT_OPTIONS = MultigridOptions()
+
+
+def grid_warps(three_d: bool) -> int:
+    """The warps of the kernels that follow the grid (residual, restriction, prolongation)."""
+    return VOLUME_NUM_WARPS if three_d else NUM_WARPS
 
 
 class TritonMultigrid(MultigridCycle):
@@ -34,7 +45,9 @@ class TritonMultigrid(MultigridCycle):
         # image when every image has the same number of systems, else its own row.
         rows = torch.arange(self.num_systems, device=top.diag.device) // self.per_group
         self.coefficient_row = rows.to(torch.int64)
-        self.frames = [Frame(level.height, level.width) for level in self.levels]
+        self.frames = [level.frame for level in self.levels]
+        self.three_d = self.frame.ndim == 3
+        self.num_warps = grid_warps(self.three_d)  # of the residual, restriction and prolongation
         # The level-0 residual of the cycle; zeros, as mg_residual_kernel writes [lo, hi) only.
         self._scratch = None
 
@@ -54,15 +67,19 @@ class TritonMultigrid(MultigridCycle):
     def _grid(self, positions: int):
         return (self.num_systems, triton.cdiv(positions, BLOCK))
 
-    def _frame(self, level: Level) -> Frame:
-        return Frame(level.height, level.width)
+    def _block(self, k: int) -> tuple[int, int, int]:
+        """The (z, y, x) block factors of level k (the kernels read them on volumes only)."""
+        block = self.levels[k].block
+        return (1,) * (3 - len(block)) + tuple(block)
 
     def _residual(self, level: Level, out, rhs, x):
-        frame = self._frame(level)
+        frame = level.frame
+        # ``deep_ptr`` on images: any coefficient (the 5-point kernel does not read it)
+        deep = level.deep if self.three_d else level.down
         mg_residual_kernel[self._grid(frame.hi)](
-            rhs, x, out, level.diag, level.right, level.down, self.coefficient_row,
-            frame.size, frame.row, frame.lo, frame.hi,
-            BLOCK=BLOCK, num_warps=NUM_WARPS,
+            rhs, x, out, level.diag, level.right, level.down, deep, self.coefficient_row,
+            frame.size, frame.row, frame.plane, frame.lo, frame.hi,
+            THREE_D=self.three_d, BLOCK=BLOCK, num_warps=self.num_warps,
         )  # fmt: skip
         return out
 
@@ -76,17 +93,19 @@ class TritonMultigrid(MultigridCycle):
         fine, coarse = self.frames[k], self.frames[k + 1]
         mg_restrict_kernel[self._grid(coarse.size)](
             res, self.levels[k].prolongation, coarse_rhs, self.coefficient_row,
-            fine.size, fine.row, coarse.size, coarse.row, coarse.height, coarse.width,
-            BLOCK=BLOCK, num_warps=NUM_WARPS,
+            fine.size, fine.row, fine.plane,
+            coarse.size, coarse.row, coarse.plane, coarse.depth, coarse.height, coarse.width, *self._block(k),
+            THREE_D=self.three_d, BLOCK=BLOCK, num_warps=self.num_warps,
         )  # fmt: skip
 
     def _prolong(self, k: int, coarse_x, x) -> None:
         fine, coarse = self.frames[k], self.frames[k + 1]
         mg_prolong_kernel[self._grid(fine.size)](
             x, coarse_x, self.levels[k].prolongation, self.coefficient_row,
-            fine.size, fine.row, fine.height, fine.width, coarse.size, coarse.row,
+            fine.size, fine.row, fine.plane, fine.depth, fine.height, fine.width,
+            coarse.size, coarse.row, coarse.plane, *self._block(k),
             float(self.options.correction_scale),
-            BLOCK=BLOCK, num_warps=NUM_WARPS,
+            THREE_D=self.three_d, BLOCK=BLOCK, num_warps=self.num_warps,
         )  # fmt: skip
 
 

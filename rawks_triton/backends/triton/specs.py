@@ -82,15 +82,15 @@ def cg_specs() -> list[KernelSpec]:
             for has_b, reduce in ((False, False), (True, True)):  # matvec; residual with its partials
                 constexprs = dict(HAS_B=has_b, REDUCE=reduce, THREE_D=three_d, **tiles_3d)
                 specs.append(kernel_spec("stencil_residual", stencil_residual_kernel, ty, constexprs, cfg_3d.num_warps))
-            # Volumes take the fused Jacobi only (the Triton multigrid cycle is 2D).
-            for jacobi in (True,) if three_d else (True, False):
+            for jacobi in (True, False):  # fused Jacobi; another preconditioner (multigrid)
                 constexprs = dict(JACOBI=jacobi, THREE_D=three_d, **tiles_3d, MAX_PARTIALS=MAX_PARTIALS)
                 specs.append(
                     kernel_spec("cg_direction_matvec", cg_direction_matvec_kernel, ty, constexprs, cfg_3d.num_warps)
                 )
             if three_d and cfg_3d != cfg:  # cg_update has no stencil: only its block differs on volumes
-                constexprs = dict(JACOBI=True, **tiles_3d, MAX_PARTIALS=MAX_PARTIALS)
-                specs.append(kernel_spec("cg_update", cg_update_kernel, ty, constexprs, cfg_3d.num_warps))
+                for jacobi in (True, False):
+                    constexprs = dict(JACOBI=jacobi, **tiles_3d, MAX_PARTIALS=MAX_PARTIALS)
+                    specs.append(kernel_spec("cg_update", cg_update_kernel, ty, constexprs, cfg_3d.num_warps))
                 specs.append(kernel_spec("dot_partials", dot_partials_kernel, ty, tiles_3d, cfg_3d.num_warps))
         for jacobi in (True, False):
             constexprs = dict(JACOBI=jacobi, **tiles, MAX_PARTIALS=MAX_PARTIALS)
@@ -106,17 +106,20 @@ def cg_specs() -> list[KernelSpec]:
 
 
 def multigrid_specs() -> list[KernelSpec]:
-    """The kernels of the multigrid cycle (multigrid.py)."""
+    """The kernels of the multigrid cycle (multigrid.py), for images (THREE_D=0) and volumes
+    (THREE_D=1; the Jacobi step is position-wise, one kernel for both)."""
     specs, warps = [], multigrid.NUM_WARPS
     for ty in DTYPES.values():
         tiles = dict(BLOCK=multigrid.BLOCK)
-        specs.append(kernel_spec("mg_residual", mg_residual_kernel, ty, tiles, warps))
         for first in (True, False):
             specs.append(
                 kernel_spec("mg_jacobi", mg_jacobi_kernel, ty, dict(FIRST=first, **tiles), warps, weight="fp32")
             )
-        specs.append(kernel_spec("mg_restrict", mg_restrict_kernel, ty, tiles, warps))
-        specs.append(kernel_spec("mg_prolong", mg_prolong_kernel, ty, tiles, warps, scale="fp32"))
+        for three_d in (False, True):
+            grid, grid_warps = dict(THREE_D=three_d, **tiles), multigrid.grid_warps(three_d)
+            specs.append(kernel_spec("mg_residual", mg_residual_kernel, ty, grid, grid_warps))
+            specs.append(kernel_spec("mg_restrict", mg_restrict_kernel, ty, grid, grid_warps))
+            specs.append(kernel_spec("mg_prolong", mg_prolong_kernel, ty, grid, grid_warps, scale="fp32"))
     return specs
 
 
