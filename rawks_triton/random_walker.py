@@ -202,8 +202,8 @@ def random_walker(
             on the CPU "bf" for small images and volumes, CG above; on CUDA CG).
             "cg_j" (and None): Jacobi-preconditioned conjugate gradients on ``backend``
             ("cg", scikit-image's unpreconditioned CG, runs as "cg_j"); "cg_mg": CG with
-            this library's multigrid preconditioner (as "cg_j", with a warning, where the
-            library, the backend or the grid (volumes) has none); "bf": exact sparse
+            this library's multigrid preconditioner, on images and volumes (as "cg_j", with
+            a warning, where the backend has none); "bf": exact sparse
             factorisation (scipy, float64, on the host; ``backend`` is ignored).
         tol: what each label's solve must reach: its certified error in the probabilities
             is at most ``tol`` (the direct solve is exact).

@@ -388,16 +388,18 @@ def test_subset_of_systems_matches_rows_of_the_full_preconditioner(rng):
     assert_close(part(r.index_select(0, rows)), full.index_select(0, rows), atol=1e-13, name="M_rows r")
 
 
-def test_auto_keeps_backend_triton_on_volumes_to_its_jacobi(monkeypatch):
-    """backend="triton" has no multigrid cycle for volumes: "auto" gives it Jacobi there, and
-    "auto" on CUDA volumes picks the torch backend's multigrid instead of Triton's Jacobi."""
+def test_auto_gives_triton_volumes_the_triton_cycle(monkeypatch):
+    """backend="triton" has the multigrid cycle for volumes: "auto" picks it there, and "auto"
+    on CUDA volumes is the triton backend with multigrid, as on images."""
     from rawks_triton.solve import choose
 
     monkeypatch.setattr(choose, "triton_available", lambda device: True)
     monkeypatch.setattr(choose, "triton_installed", lambda: True)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert choose.choose_solver("triton", "auto", cpu, 16, 16, "rawks", depth=8) == ("triton", "jacobi")
+    assert choose.choose_solver("triton", "auto", cpu, 16, 16, "rawks", depth=8) == ("triton", "multigrid")
     assert choose.choose_solver("triton", "auto", cpu, 16, 16, "rawks") == ("triton", "multigrid")
-    assert choose.choose_solver("auto", "auto", cuda, 16, 16, "rawks", depth=8) == ("torch", "multigrid")
+    assert choose.choose_solver("auto", "auto", cuda, 16, 16, "rawks", depth=8) == ("triton", "multigrid")
+    assert choose.choose_solver("auto", "multigrid", cuda, 16, 16, "grady", depth=8) == ("triton", "multigrid")
     assert choose.choose_solver("auto", "jacobi", cuda, 16, 16, "rawks", depth=8) == ("triton", "jacobi")
+    assert choose.choose_solver("torch", "auto", cuda, 16, 16, "rawks", depth=8) == ("torch", "multigrid")
     assert choose.choose_solver("auto", "auto", cuda, 16, 16, "rawks") == ("triton", "multigrid")

@@ -196,7 +196,7 @@ def test_auto_mode_rule(monkeypatch):
     assert choose.random_walker_mode(cpu, (128, 128), 3, backend="torch") == "cg_mg"
     assert choose.random_walker_mode(cpu, (128, 128), 3, backend="scipy") == "bf"
     assert choose.random_walker_mode(cpu, (8, 16, 16), 3) == "bf"
-    assert choose.random_walker_mode(cuda, (8, 16, 16), 3, backend="triton") == "cg_j"  # its cycle is 2D
+    assert choose.random_walker_mode(cuda, (8, 16, 16), 3, backend="triton") == "cg_mg"  # its 3D cycle
     assert choose.random_walker_mode(cuda, (8, 16, 16), 3) == "cg_mg"
     assert choose.random_walker_mode(cpu, (512, 512, 512), 3) == "cg_mg"
 

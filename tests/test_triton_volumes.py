@@ -1,5 +1,6 @@
 """The Triton backend on volumes ([N, D, H, W]): the 7-point kernels against the plain-torch
-references, propagate against the scipy backend, gradients, and the preconditioners it has.
+references, propagate with Jacobi against the scipy backend, gradients, and the default
+preconditioner (multigrid: tests/test_triton_multigrid_volumes.py tests its cycle).
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py),
 so the volumes are tiny and odd-sized.
@@ -192,9 +193,12 @@ def test_volume_forward_matches_scipy(rng, shape, model, dtype):
     assert bool(got.converged.all())
 
 
-def test_volume_preconditioner_auto_is_jacobi(rng):
-    scores, seeds = volume_problem(rng, 1, (2, 3, 4))
+def test_volume_preconditioner_auto_is_multigrid(rng):
+    """The Triton multigrid cycle on volumes (tests/test_triton_multigrid_volumes.py); 4x6x5
+    has 120 voxels, more than a coarsest level's 64: the cycle's kernels run."""
+    scores, seeds = volume_problem(rng, 1, (4, 6, 5))
     got = rt.propagate(scores, seeds, 3, "grady", backend="triton", rtol=1e-9)
+    assert (got.backend, got.preconditioner) == ("triton", "multigrid")
     ref = rt.propagate(scores.cpu(), seeds.cpu(), 3, "grady", backend="scipy")
     compare_volumes(got, ref, torch.float64, "auto")
 
@@ -226,9 +230,3 @@ def test_volume_gradcheck_float64(rng, model):
         return (rt.propagate(b, seeds, 2, model, **kw).P * weights).sum()
 
     assert torch.autograd.gradcheck(loss, (scores.requires_grad_(True),), eps=1e-6, atol=1e-7, rtol=1e-5)
-
-
-def test_multigrid_on_a_volume_says_what_works(rng):
-    scores, seeds = volume_problem(rng, 1, (2, 3, 4))
-    with pytest.raises(NotImplementedError, match=r"preconditioner='jacobi'.*backend='torch'"):
-        rt.propagate(scores, seeds, 3, "grady", backend="triton", preconditioner="multigrid")

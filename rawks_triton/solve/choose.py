@@ -54,25 +54,21 @@ def choose_solver(
 ) -> tuple[str, str]:
     """(backend, preconditioner) for ``backend`` and ``preconditioner`` that may be "auto".
 
-    * backend "auto": on CUDA "triton" (or "torch" without triton; "torch" for volumes with
-      multigrid, whose cycle the Triton backend has for images only). On the CPU "scipy" (the
-      direct factorisation, float64) for the "grady" model when the image has at most
-      ``DIRECT_MAX_PIXELS`` pixels and the preconditioner is left to "auto", else "torch"
-      (always "torch" for volumes).
-    * preconditioner "auto": "multigrid" for the CG backends, "none" for the direct solver.
+    * backend "auto": on CUDA "triton" (or "torch" without triton), for images and volumes
+      alike. On the CPU "scipy" (the direct factorisation, float64) for the "grady" model when
+      the image has at most ``DIRECT_MAX_PIXELS`` pixels and the preconditioner is left to
+      "auto", else "torch" (always "torch" for volumes).
+    * preconditioner "auto": "multigrid" for the CG backends (images and volumes, the triton
+      backend included), "none" for the direct solver.
     """
     pixels = depth * height * width  # voxels, for a volume of ``depth`` slices
     direct = device.type == "cpu" and preconditioner == "auto" and model == "grady" and pixels <= DIRECT_MAX_PIXELS
     direct = direct and depth == 1  # volumes: never (the LU's fill-in, see DIRECT_MAX_PIXELS)
-    volume_cycle = depth > 1 and preconditioner in ("auto", "multigrid")
-    if backend == "auto" and volume_cycle and device.type == "cuda":
-        backend = "torch"  # the Triton multigrid cycle is 2D; the torch cycle runs on CUDA
     backend = "scipy" if backend == "auto" and direct else resolve_backend(backend, device)
     if backend == "scipy":
         return backend, "none"
     if preconditioner == "auto":
-        # volumes on backend="triton": Jacobi (its multigrid cycle is 2D)
-        preconditioner = "multigrid" if depth == 1 or backend != "triton" else "jacobi"
+        preconditioner = "multigrid"
     return backend, preconditioner
 
 
@@ -92,9 +88,8 @@ def resolve_backend(name: str, device: torch.device) -> str:
 def random_walker_mode(device: torch.device, grid: tuple[int, ...], num_labels: int, backend: str = "auto") -> str:
     """The mode that ``random_walker(mode="auto")`` runs: "bf", "cg_mg" or "cg_j".
 
-    * ``backend`` named (not "auto"): CG on it, with multigrid where the grid has one
-      (images and volumes; Jacobi for backend="triton" on volumes); "scipy" is the
-      direct solve.
+    * ``backend`` named (not "auto"): CG with multigrid on it (images and volumes, on the
+      torch and triton backends alike); "scipy" is the direct solve.
     * CUDA: the same CG choice (the direct solve would run on the host).
     * CPU: the direct solve while the grid's separator, the product of all its sizes but
       the largest (min(H, W) for an image; what the fill-in of the sparse factorisation
@@ -109,15 +104,14 @@ def random_walker_mode(device: torch.device, grid: tuple[int, ...], num_labels: 
     # 40^3 28.5 / 4.8, 10x128x128 35 / 35. The direct solve wins up to separators of 640
     # (512^2, 24^3, 10x64x64) and loses from 1024 (1024^2, 32^3), in 2D and 3D alike.
     max_separator, max_voxels = 768, 1 << 22
-    cg = "cg_j" if len(grid) == 3 and backend == "triton" else "cg_mg"
     if backend == "scipy":
         return "bf"
     if backend != "auto" or device.type != "cpu":
-        return cg
+        return "cg_mg"
     sizes = sorted(int(n) for n in grid)
     separator = voxels = 1
     for n in sizes[:-1]:
         separator *= n
     for n in sizes:
         voxels *= n
-    return "bf" if separator <= max_separator and voxels <= max_voxels else cg
+    return "bf" if separator <= max_separator and voxels <= max_voxels else "cg_mg"

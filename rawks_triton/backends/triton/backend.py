@@ -2,20 +2,18 @@
 
 Right-hand sides are framed once on entry (:class:`rawks_triton.solve.layout.Frame`),
 solved by :class:`TritonPCG` with the fused Jacobi or the Triton multigrid cycle, and
-unframed once on exit. Images ([S, H, W]) take either preconditioner; volumes
-([S, D, H, W]) the fused Jacobi only (the Triton multigrid cycle is 2D).
+unframed once on exit. Images ([S, H, W]) and volumes ([S, D, H, W], the 7-point
+kernels) take either preconditioner.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ...solve.multigrid import build_hierarchy
 from ...solve.options import SolverOptions
 from ...solve.pcg import run_pcg
 from ...solve.rules import AdjointRule, ForwardRule
 from ...systems import LabelSystems, Stencil
-from ..torch.multigrid import TorchMultigrid
 from .multigrid import multigrid_preconditioner
 from .operator import MAX_GRID_Y, TritonOperator
 from .pcg import TritonPCG
@@ -28,11 +26,6 @@ class TritonBackend:
         if options.preconditioner not in ("jacobi", "multigrid"):
             name = options.preconditioner
             raise ValueError(f"`preconditioner` must be 'jacobi' or 'multigrid' with backend='triton', got {name!r}")
-        if stencil.ndim == 3 and options.preconditioner == "multigrid":
-            raise NotImplementedError(
-                "backend='triton' has no multigrid preconditioner for volumes yet; use preconditioner='jacobi' "
-                "with backend='triton', or backend='torch'"
-            )
         n_images = stencil.shape[0]
         if n_images > MAX_GRID_Y:
             raise ValueError(f"backend='triton' takes at most {MAX_GRID_Y} images per call, got {n_images}")
@@ -54,16 +47,11 @@ class TritonBackend:
 
     def _certify(self):
         """The multigrid cycle certifies Jacobi solves (see rawks_triton.solve.pcg): r / d alone
-        misses errors behind walls. On volumes the cycle is the torch one (the Triton cycle is
-        2D; both read the same framed vectors)."""
+        misses errors behind walls. The Triton cycle, on images and volumes alike."""
         if self.preconditioner is not None:
             return None
         if self.certifier is None:
-            if self.frame.ndim == 2:
-                self.certifier = self._multigrid()
-            else:
-                levels = build_hierarchy(self.stencil, framed=self.op.coefficients)
-                self.certifier = TorchMultigrid(levels, self.systems.image_index)
+            self.certifier = self._multigrid()
         return self.certifier.apply
 
     def matvec(self, x: torch.Tensor) -> torch.Tensor:
