@@ -15,8 +15,8 @@
 2. Timings with ``triton.testing.do_bench`` (median and 20-80 percentiles) of forward and
    forward+backward at 512x512, batch 8, 3 labels per image, the default rtol, triton
    against torch in the same run, for each preconditioner.
-3. Volumes (Jacobi-PCG, the one preconditioner of backend="triton" on volumes): the same
-   correctness check on 2 volumes of 3 labels (``--volume-sizes``), and the timings of
+3. Volumes (each preconditioner, as on images: the 7-point CG and multigrid kernels): the
+   same correctness check on 2 volumes of 3 labels (``--volume-sizes``), and the timings of
    forward and forward+backward for 8 volumes of 64^3 with 3 labels (``--volume-bench-size``,
    ``--volume-batch``), triton against torch. On CUDA these are on by default; with
    ``--device cpu`` only when given (the interpreter is far too slow for 64^3).
@@ -227,12 +227,12 @@ def grid_name(size: int, volume: bool) -> str:
 def check_correctness(
     sizes, models, device, log, preconditioners=("multigrid", "jacobi"), volume_sizes=()
 ) -> list[dict]:
-    """Images of every size with each preconditioner, then volumes with Jacobi."""
+    """Images of every size with each preconditioner, then volumes with each preconditioner."""
     rows = []
     for model in models:
         for dtype in (torch.float32, torch.float64):
             cases = [(p, size, False) for p in preconditioners for size in sizes]
-            cases += [("jacobi", size, True) for size in volume_sizes]
+            cases += [(p, size, True) for p in preconditioners for size in volume_sizes]
             for preconditioner, size, volume in cases:
                 row = compare_backends(model, dtype, size, preconditioner, device, volume=volume)
                 log(
@@ -420,7 +420,15 @@ def main(argv=None) -> int:
     )
     if volume_bench:
         time_rows += time_solves(
-            volume_bench, args.volume_batch, args.labels, args.models, device, measure, ["jacobi"], log, volume=True
+            volume_bench,
+            args.volume_batch,
+            args.labels,
+            args.models,
+            device,
+            measure,
+            args.preconditioners,
+            log,
+            volume=True,
         )
     text = tables(check_rows, time_rows, copy_gbps, info)
     print()
