@@ -308,25 +308,7 @@ def _solve(data, labels, beta, mode, tol, copy, return_full_prob, spacing, prob_
     with warnings.catch_warnings():
         # Reported below in this function's terms (beta, tol) instead of propagate's.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        try:
-            result = propagate(edges, seeds, num_labels, "grady", rtol=tol, atol=0.0, **solver)
-        except (ValueError, NotImplementedError) as err:
-            if solver.get("preconditioner") != "multigrid" or not (
-                "preconditioner" in str(err) or isinstance(err, NotImplementedError)
-            ):
-                raise
-            fallback = True  # this backend has no multigrid cycle
-        else:
-            fallback = False
-        if fallback:
-            solver["preconditioner"] = "jacobi"
-            result = propagate(edges, seeds, num_labels, "grady", rtol=tol, atol=0.0, **solver)
-    if fallback:
-        warnings.warn(
-            f'random_walker: backend {result.backend!r} has no multigrid preconditioner; mode "cg_mg" ran as "cg_j".',
-            UserWarning,
-            stacklevel=3,
-        )
+        result = propagate(edges, seeds, num_labels, "grady", rtol=tol, atol=0.0, **solver)
     if not bool(result.converged.all()):
         failed = ~result.converged
         warnings.warn(
