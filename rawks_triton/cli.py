@@ -283,7 +283,7 @@ def cmd_propagate(args) -> int:
     with torch.no_grad():
         boundary = b_net(image[None]) if b_net is not None else hand_made_boundary(image, args.gain)
         start = time.perf_counter()
-        P, reachable, result = propagate_scribbles(boundary, scribbles[None], num_labels, settings)
+        P, reachable, result = propagate_scribbles(boundary, scribbles[None], num_labels, settings, image[None])
         seconds = time.perf_counter() - start
         confidence = loss_weights(P, alpha)[0]
     labels = P[0].argmax(0).numpy().astype(np.uint8)

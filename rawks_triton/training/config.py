@@ -62,6 +62,12 @@ class TrainConfig:
     )
     rtol: float = _flag(1e-3, "accuracy of P and of the gradient that the solves certify")
     min_weight: float | None = _flag(None, "unreachable at or below this total weight", "the model's, 1e-18 for rawks")
+    walker_beta: float | None = _flag(
+        None,
+        "model grady on images: start from scikit-image's random walker at this beta; the conductances are "
+        "the walker's times exp(-(B_i + B_j) / 2), so B = 0 is the walker itself",
+        "none: B alone",
+    )
     propagation_scale: float = _flag(1.0, "propagate at this fraction of the resolution; the paper used 0.25")
     volume_propagation: str = _flag(
         "3d", "on volumes: 3d (one walk through the whole volume) or slices (each slice on its own, in 2D)"
@@ -107,6 +113,13 @@ class TrainConfig:
             _checks.check_nonnegative_real("boundary_lr", self.boundary_lr)
         if self.min_weight is not None:
             _checks.check_nonnegative_real("min_weight", self.min_weight)
+        if self.walker_beta is not None:
+            if _checks.check_nonnegative_real("walker_beta", self.walker_beta) <= 0:
+                raise ValueError(f"`walker_beta` must be > 0, got {self.walker_beta}")
+            if self.model != "grady":
+                raise ValueError(f"`walker_beta` needs model='grady' (the walker's conductances), got {self.model!r}")
+            if self.data == "acdc-volumes":
+                raise ValueError("`walker_beta` is for images; acdc-volumes propagates the boundary scores alone")
         scale = _checks.check_nonnegative_real("propagation_scale", self.propagation_scale)
         if not 0 < scale <= 1:
             raise ValueError(f"`propagation_scale` must be in (0, 1], got {scale}")
@@ -162,7 +175,13 @@ class TrainConfig:
     @property
     def propagation(self) -> PropagationSettings:
         return PropagationSettings(
-            self.model, self.backend, self.rtol, self.min_weight, self.propagation_scale, self.volume_propagation
+            self.model,
+            self.backend,
+            self.rtol,
+            self.min_weight,
+            self.propagation_scale,
+            self.volume_propagation,
+            self.walker_beta,
         )
 
     @classmethod

@@ -200,7 +200,7 @@ class Trainer:
             scribbles = torch.stack([s.scribbles for s in group]).to(device)
             if phase in ("joint", "q-only"):
                 boundary = b_out[k]
-                P, reachable, result = propagate_scribbles(boundary, scribbles, L, cfg.propagation)
+                P, reachable, result = propagate_scribbles(boundary, scribbles, L, cfg.propagation, images[k])
                 if phase == "q-only":
                     P = P.detach()
                 value = _image_means(rawks_loss(P, q, cfg.alpha, reachable, reduction="none"), reachable)
