@@ -46,6 +46,9 @@ class TrainConfig:
     clip_grad: float = 5.0
     alpha: float = _flag(DEFAULT_ALPHA, "loss weights w = exp(-alpha H(P))")
     reach_weight: float = _flag(0.01, "weight of the survival term -log sum_l Z_l; 0: eq. 11 alone")
+    scribble_weight: float = _flag(
+        0.0, "weight of Q's cross-entropy on the scribbled pixels, added to the joint loss; 0: eq. 11 alone"
+    )
     arch: str = _flag("small", f"the networks: {', '.join(ARCHS)}; the ResNets need torchvision")
     q_width: int = _flag(32, "channels of the small Q network")
     b_width: int = _flag(16, "channels of the small B network")
@@ -107,7 +110,7 @@ class TrainConfig:
         _checks.check_int("seed", self.seed, minimum=0)
         if self.threads is not None:
             _checks.check_int("threads", self.threads, minimum=1)
-        for name in ("lr", "weight_decay", "clip_grad", "alpha", "rtol", "reach_weight"):
+        for name in ("lr", "weight_decay", "clip_grad", "alpha", "rtol", "reach_weight", "scribble_weight"):
             _checks.check_nonnegative_real(name, getattr(self, name))
         if self.boundary_lr is not None:
             _checks.check_nonnegative_real("boundary_lr", self.boundary_lr)
