@@ -45,7 +45,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_grad: float = 5.0
     alpha: float = _flag(DEFAULT_ALPHA, "loss weights w = exp(-alpha H(P))")
-    reach_weight: float = _flag(0.01, "weight of the survival term -log sum_l Z_l; 0: eq. 11 alone")
+    reach_weight: float = _flag(0.0, "weight of the survival term -log sum_l Z_l; 0: eq. 11 alone")
     scribble_weight: float = _flag(
         0.0, "weight of Q's cross-entropy on the scribbled pixels, added to the joint loss; 0: eq. 11 alone"
     )
