@@ -495,7 +495,7 @@ def test_scribble_weight_adds_the_sparse_cross_entropy_of_q(tmp_path):
     """joint loss with scribble_weight = eq. 11 + weight x (the sparse protocol's loss) on the same batch."""
     torch.manual_seed(0)
     with_ce = Trainer(tiny(tmp_path, "ce", scribble_weight=0.5, reach_weight=0.0))
-    plain = Trainer(tiny(tmp_path, "plain", reach_weight=0.0))
+    plain = Trainer(tiny(tmp_path, "plain", reach_weight=0.0, scribble_weight=0.0))
     sparse = Trainer(tiny(tmp_path, "sparse", protocol="sparse"))
     for other in (plain, sparse):  # the same networks in all three
         other.q_net.load_state_dict(with_ce.q_net.state_dict())
