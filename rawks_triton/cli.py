@@ -190,7 +190,10 @@ def cmd_eval(args) -> int:
         config = replace(config, volume_propagation=args.volume_propagation).validate()
     data = args.data or config.data
     root = args.data_root if args.data else config.data_root
-    options = parse_option_pairs(args.data_option) if args.data else config.data_options
+    # Another data set takes only the options given; the checkpoint's own data set keeps its
+    # options, with the given ones replacing theirs (e.g. scribble_set=scribbles-set-2).
+    given = parse_option_pairs(args.data_option) if args.data_option else {}
+    options = given if args.data else {**config.data_options, **given}
     splits = build_splits(data, root, options)
     if splits.num_labels != meta["num_labels"] or splits.in_channels != meta["in_channels"]:
         raise UsageError(
@@ -283,7 +286,7 @@ def cmd_propagate(args) -> int:
     with torch.no_grad():
         boundary = b_net(image[None]) if b_net is not None else hand_made_boundary(image, args.gain)
         start = time.perf_counter()
-        P, reachable, result = propagate_scribbles(boundary, scribbles[None], num_labels, settings)
+        P, reachable, result = propagate_scribbles(boundary, scribbles[None], num_labels, settings, image[None])
         seconds = time.perf_counter() - start
         confidence = loss_weights(P, alpha)[0]
     labels = P[0].argmax(0).numpy().astype(np.uint8)

@@ -102,6 +102,12 @@ def test_train_resume_eval_and_propagate_with_a_checkpoint(tmp_path, capsys):
     assert record["propagation_scale"] == 0.5
     assert set(metrics) == {"train", "val"} and 0 <= metrics["val"]["q_miou"] <= 100
     assert (out / "eval_val.png").is_file()
+    # --data-option without --data changes one option of the checkpoint's data set, keeping the others
+    args = ["eval", "--checkpoint", str(out / "checkpoint.pt"), "--data-option", "val_count=1", "--figures", "0"]
+    assert main(args + ["--out", str(tmp_path / "e1"), "--no-progress"]) == 0
+    record = json.loads((tmp_path / "e1" / "eval.json").read_text())
+    assert record["data_options"]["val_count"] == "1" and record["data_options"]["train_count"] == "4"
+    assert record["metrics"]["val"]["images"] == 1
     two_region_image(tmp_path / "im.png", tmp_path / "im-anno.png", h=32, w=40)
     assert _propagate(tmp_path, "--unlabelled", "0", "--checkpoint", str(out / "checkpoint.pt"), out="p") == 0
     assert np.load(tmp_path / "p" / "im_probabilities.npy").shape == (3, 32, 40)

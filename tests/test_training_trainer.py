@@ -489,3 +489,19 @@ def test_a_run_writes_no_progress_bar_to_a_log(tmp_path, monkeypatch, capfd):
     config.data_options = {"train_count": 2, "val_count": 1, "height": 24, "width": 24}
     train(config)
     assert "\r" not in log.getvalue() and "\r" not in capfd.readouterr().err
+
+
+def test_scribble_weight_adds_the_sparse_cross_entropy_of_q(tmp_path):
+    """joint loss with scribble_weight = eq. 11 + weight x (the sparse protocol's loss) on the same batch."""
+    torch.manual_seed(0)
+    with_ce = Trainer(tiny(tmp_path, "ce", scribble_weight=0.5, reach_weight=0.0))
+    plain = Trainer(tiny(tmp_path, "plain", reach_weight=0.0, scribble_weight=0.0))
+    sparse = Trainer(tiny(tmp_path, "sparse", protocol="sparse"))
+    for other in (plain, sparse):  # the same networks in all three
+        other.q_net.load_state_dict(with_ce.q_net.state_dict())
+    plain.b_net.load_state_dict(with_ce.b_net.state_dict())
+    batch = with_ce.batch(0)
+    with torch.no_grad():
+        total, joint, ce = (float(t.loss(batch, t.config.phase(0))) for t in (with_ce, plain, sparse))
+    assert ce > 0
+    assert total == pytest.approx(joint + 0.5 * ce, rel=1e-5)

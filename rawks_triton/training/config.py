@@ -45,7 +45,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_grad: float = 5.0
     alpha: float = _flag(DEFAULT_ALPHA, "loss weights w = exp(-alpha H(P))")
-    reach_weight: float = _flag(0.01, "weight of the survival term -log sum_l Z_l; 0: eq. 11 alone")
+    reach_weight: float = _flag(0.0, "weight of the survival term -log sum_l Z_l; 0: eq. 11 alone")
+    scribble_weight: float = _flag(
+        1.0, "weight of Q's cross-entropy on the scribbled pixels, added to the joint loss; 0: eq. 11 alone"
+    )
     arch: str = _flag("small", f"the networks: {', '.join(ARCHS)}; the ResNets need torchvision")
     q_width: int = _flag(32, "channels of the small Q network")
     b_width: int = _flag(16, "channels of the small B network")
@@ -62,6 +65,12 @@ class TrainConfig:
     )
     rtol: float = _flag(1e-3, "accuracy of P and of the gradient that the solves certify")
     min_weight: float | None = _flag(None, "unreachable at or below this total weight", "the model's, 1e-18 for rawks")
+    walker_beta: float | None = _flag(
+        None,
+        "model grady on images: start from scikit-image's random walker at this beta; the conductances are "
+        "the walker's times exp(-(B_i + B_j) / 2), so B = 0 is the walker itself",
+        "none: B alone",
+    )
     propagation_scale: float = _flag(1.0, "propagate at this fraction of the resolution; the paper used 0.25")
     volume_propagation: str = _flag(
         "3d", "on volumes: 3d (one walk through the whole volume) or slices (each slice on its own, in 2D)"
@@ -101,12 +110,19 @@ class TrainConfig:
         _checks.check_int("seed", self.seed, minimum=0)
         if self.threads is not None:
             _checks.check_int("threads", self.threads, minimum=1)
-        for name in ("lr", "weight_decay", "clip_grad", "alpha", "rtol", "reach_weight"):
+        for name in ("lr", "weight_decay", "clip_grad", "alpha", "rtol", "reach_weight", "scribble_weight"):
             _checks.check_nonnegative_real(name, getattr(self, name))
         if self.boundary_lr is not None:
             _checks.check_nonnegative_real("boundary_lr", self.boundary_lr)
         if self.min_weight is not None:
             _checks.check_nonnegative_real("min_weight", self.min_weight)
+        if self.walker_beta is not None:
+            if _checks.check_nonnegative_real("walker_beta", self.walker_beta) <= 0:
+                raise ValueError(f"`walker_beta` must be > 0, got {self.walker_beta}")
+            if self.model != "grady":
+                raise ValueError(f"`walker_beta` needs model='grady' (the walker's conductances), got {self.model!r}")
+            if self.data == "acdc-volumes":
+                raise ValueError("`walker_beta` is for images; acdc-volumes propagates the boundary scores alone")
         scale = _checks.check_nonnegative_real("propagation_scale", self.propagation_scale)
         if not 0 < scale <= 1:
             raise ValueError(f"`propagation_scale` must be in (0, 1], got {scale}")
@@ -162,7 +178,13 @@ class TrainConfig:
     @property
     def propagation(self) -> PropagationSettings:
         return PropagationSettings(
-            self.model, self.backend, self.rtol, self.min_weight, self.propagation_scale, self.volume_propagation
+            self.model,
+            self.backend,
+            self.rtol,
+            self.min_weight,
+            self.propagation_scale,
+            self.volume_propagation,
+            self.walker_beta,
         )
 
     @classmethod

@@ -79,7 +79,7 @@ def predict(
         out["q_logits"] = q_net(image).float()
     if b_net is not None:
         boundary = b_net(image).float()
-        P, reachable, _ = propagate_scribbles(boundary, scribbles, num_labels, settings or PropagationSettings())
+        P, reachable, _ = propagate_scribbles(boundary, scribbles, num_labels, settings or PropagationSettings(), image)
         out.update(boundary=boundary, P=P, reachable=reachable, weight=loss_weights(P, alpha))
     return out
 

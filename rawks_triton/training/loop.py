@@ -63,6 +63,12 @@ def _image_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum(dim=dims) / mask.sum(dim=dims).clamp(min=1)
 
 
+def _scribble_cross_entropy(q_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[N] per image: the mean cross-entropy of Q over the pixels with a label (target >= 0)."""
+    ce = F.cross_entropy(q_logits, target.clamp(min=0), reduction="none")
+    return _image_means(ce, target >= 0)
+
+
 def reach_penalty(result, num_images: int | None = None) -> torch.Tensor:
     """[N] per image: the mean over its pixels of -log sum_l Z_l (0 for an image without scribbles).
 
@@ -200,18 +206,19 @@ class Trainer:
             scribbles = torch.stack([s.scribbles for s in group]).to(device)
             if phase in ("joint", "q-only"):
                 boundary = b_out[k]
-                P, reachable, result = propagate_scribbles(boundary, scribbles, L, cfg.propagation)
+                P, reachable, result = propagate_scribbles(boundary, scribbles, L, cfg.propagation, images[k])
                 if phase == "q-only":
                     P = P.detach()
                 value = _image_means(rawks_loss(P, q, cfg.alpha, reachable, reduction="none"), reachable)
                 if cfg.reach_weight and phase == "joint":
                     value = value + cfg.reach_weight * reach_penalty(result, len(group))
+                if cfg.scribble_weight:
+                    value = value + cfg.scribble_weight * _scribble_cross_entropy(q, scribbles)
                 # 0 * sum(B) keeps every boundary parameter in the graph (DDP) when no pixel is reachable.
                 value = value + 0.0 * boundary.sum()
             else:
                 target = scribbles if phase == "sparse" else torch.stack([s.mask for s in group]).to(device)
-                ce = F.cross_entropy(q, target.clamp(min=0), reduction="none")
-                value = _image_means(ce, target >= 0) + 0.0 * q.sum()
+                value = _scribble_cross_entropy(q, target) + 0.0 * q.sum()
             per_image.append(value)
         return torch.cat(per_image).mean()
 

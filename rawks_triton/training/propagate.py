@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..coefficients import grady_node_coefficients
 from ..propagation import PropagationResult, propagate
+from ..random_walker_weights import image_edge_weights
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,9 @@ class PropagationSettings:
     min_weight: float | None = None
     scale: float = 1.0
     volume: str = "3d"  # on volumes: "3d" (one walk through the volume) or "slices" (each slice in 2D)
+    # "grady" on images: start from scikit-image's random walker at this beta. The conductances
+    # are the walker's times exp(-(B_i + B_j) / 2), so B = 0 is the tuned walker itself.
+    walker_beta: float | None = None
 
 
 VOLUME_PROPAGATIONS = ("3d", "slices")
@@ -43,17 +48,57 @@ def downsample_scribbles(scribbles: torch.Tensor, size: tuple[int, int], num_lab
     return torch.where(counts.sum(dim=1) > 0, best, torch.full_like(best, -1))
 
 
+def walker_conductances(image: torch.Tensor, beta: float, size: tuple[int, int]) -> torch.Tensor:
+    """[N, 2, h, w] scikit-image's random-walker conductances (right, down) of each image of
+    [N, C, H, W] ``image``, computed at the propagation size ``size`` (the image averaged
+    down to it); a constant of training (no gradient)."""
+    with torch.no_grad():
+        if tuple(image.shape[-2:]) != tuple(size):
+            image = F.adaptive_avg_pool2d(image, size)
+        channels = image.shape[1]
+        per_image = [
+            image_edge_weights(x.permute(1, 2, 0) if channels > 1 else x[0], beta, multichannel=channels > 1)
+            for x in image
+        ]
+        return torch.cat(per_image)
+
+
+def _with_walker(scores: torch.Tensor, image: torch.Tensor | None, settings: PropagationSettings) -> torch.Tensor:
+    """The Grady edge weights [N, 2, h, w]: the walker's conductances times exp(-(B_i + B_j) / 2)."""
+    if image is None:
+        raise ValueError("`image` is needed with settings.walker_beta: the walker's conductances are computed from it")
+    if settings.model != "grady":
+        raise ValueError(f"walker_beta needs model 'grady' (its conductances are edges), got {settings.model!r}")
+    # Shifting the scores by their detached minimum leaves P unchanged (a common factor of the
+    # conductances) and keeps the factor <= 1 where B is smallest.
+    # The walker's conductances span about ten orders of magnitude (exp(-beta' dI^2) + 1e-10),
+    # beyond what a float32 solve resolves (docs/numerics.md, "Grady contrast"): these
+    # systems are solved in float64, and P is returned in the scores' dtype.
+    scores = scores.double()
+    shifted = scores[:, 0] - scores.detach().flatten(1).amin(dim=1).view(-1, 1, 1)
+    _, right, down = grady_node_coefficients(shifted, 2)
+    walker = walker_conductances(image.double(), settings.walker_beta, tuple(scores.shape[-2:]))
+    return walker * torch.stack([right, down], dim=1)
+
+
 def propagate_scribbles(
-    boundary: torch.Tensor, scribbles: torch.Tensor, num_labels: int, settings: PropagationSettings
+    boundary: torch.Tensor,
+    scribbles: torch.Tensor,
+    num_labels: int,
+    settings: PropagationSettings,
+    image: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, PropagationResult]:
     """P [N, L, H, W] and reachable [N, H, W] at the input size, and the raw result.
 
-    ``boundary`` [N, 1, H, W] >= 0 (differentiable), ``scribbles`` [N, H, W] (-1 unlabelled).
+    ``boundary`` [N, 1, H, W] >= 0 (differentiable), ``scribbles`` [N, H, W] (-1 unlabelled);
+    ``image`` [N, C, H, W], needed when ``settings.walker_beta`` is set (images only).
     Volumes: ``boundary`` [N, 1, D, H, W], ``scribbles`` [N, D, H, W] give P [N, L, D, H, W]
     and reachable [N, D, H, W]; ``settings.scale`` then reduces every slice in-plane (the
     depth is kept), and ``settings.volume="slices"`` propagates each slice on its own.
     """
     if scribbles.dim() == 4:
+        if settings.walker_beta is not None:
+            raise ValueError("walker_beta is for images; volumes propagate the boundary scores alone")
         return _propagate_volume(boundary, scribbles, num_labels, settings)
     height, width = boundary.shape[-2:]
     scores = boundary
@@ -62,6 +107,8 @@ def propagate_scribbles(
         size = (max(1, round(height * settings.scale)), max(1, round(width * settings.scale)))
         scores = F.adaptive_avg_pool2d(scores, size)
         seeds = downsample_scribbles(scribbles, size, num_labels)
+    if settings.walker_beta is not None:
+        scores = _with_walker(scores, image, settings)
     result = _solve(scores, seeds, num_labels, settings)
     P, reachable = result.P, result.reachable
     if settings.scale != 1.0:
