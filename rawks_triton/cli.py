@@ -26,6 +26,7 @@ import torch
 from . import __version__
 from .cli_scribbles import DENSE_SCRIBBLES, MAX_LABELS, UsageError, parse_value_map, scribbles_from_values
 from .options import MODELS
+from .training import provenance
 from .training.config import TrainConfig, command_line_fields
 from .training.data.registry import DATASETS, parse_option_pairs
 from .training.networks import HAND_MADE_GAIN, HAND_MADE_THRESHOLD
@@ -184,6 +185,7 @@ def cmd_eval(args) -> int:
         torch.set_num_threads(args.threads)
     payload = load_checkpoint(args.checkpoint)
     config, q_net, b_net, meta = networks_from_checkpoint(payload, args.device, source=args.checkpoint)
+    print(f"checkpoint {args.checkpoint}: {provenance.describe(payload)}")
     if args.propagation_scale is not None:
         config = replace(config, propagation_scale=args.propagation_scale).validate()
     if args.volume_propagation is not None:
@@ -192,6 +194,11 @@ def cmd_eval(args) -> int:
     root = args.data_root if args.data else config.data_root
     options = parse_option_pairs(args.data_option) if args.data else config.data_options
     splits = build_splits(data, root, options)
+    if (data, root, options) != (config.data, config.data_root, config.data_options):
+        given = f"--data {data}" + (f" from {root}" if root else "") + (f", options {options}" if options else "")
+        print(f"evaluating on {given}, not on the checkpoint's training data")
+    for note in provenance.trained_on_notes(payload, data, splits):
+        print(f"rawks eval: warning: {note}", file=sys.stderr)
     if splits.num_labels != meta["num_labels"] or splits.in_channels != meta["in_channels"]:
         raise UsageError(
             f"the checkpoint has {meta['num_labels']} labels and {meta['in_channels']} input channels, "
@@ -248,7 +255,7 @@ def cmd_propagate(args) -> int:
     from .training.networks import hand_made_boundary
     from .training.propagate import PropagationSettings, propagate_scribbles
 
-    q_net = b_net = None
+    q_net = b_net = payload = None
     channels, alpha = 3, 2.0
     settings = PropagationSettings(model=args.model, backend=args.backend)
     num_labels, labels_from = args.num_labels, f"--num-labels {args.num_labels}"
@@ -258,12 +265,18 @@ def cmd_propagate(args) -> int:
     if args.checkpoint:
         from .training import load_checkpoint, networks_from_checkpoint
 
-        config, q_net, b_net, meta = networks_from_checkpoint(load_checkpoint(args.checkpoint), source=args.checkpoint)
+        payload = load_checkpoint(args.checkpoint)
+        config, q_net, b_net, meta = networks_from_checkpoint(payload, source=args.checkpoint)
         if b_net is None:
             raise UsageError(f"checkpoint {args.checkpoint} has no boundary network (protocol {config.protocol!r})")
+        print(f"checkpoint {args.checkpoint}: {provenance.describe(payload)}")
         channels, alpha, settings = meta["in_channels"], config.alpha, config.propagation
         if num_labels is None:
-            num_labels, labels_from = meta["num_labels"], f"from the checkpoint {args.checkpoint}"
+            num_labels = meta["num_labels"]
+            labels_from = (
+                f"checkpoint {args.checkpoint}: {provenance.label_space(payload)}; --num-labels N propagates N labels "
+                "with its boundaries"
+            )
     if args.alpha is not None:
         alpha = args.alpha
     for path in (args.image, args.scribbles):
@@ -278,6 +291,9 @@ def cmd_propagate(args) -> int:
     scribbles, num_labels, notes = scribbles_from_values(
         raw, args.scribbles, args.unlabelled, value_map, num_labels, labels_from, args.allow_dense
     )
+    if payload is not None:
+        present = sorted(int(v) for v in scribbles.unique() if v >= 0)
+        notes += provenance.label_space_notes(payload, args.checkpoint, present, num_labels, tuple(raw.shape))
     for note in notes:
         print(f"rawks propagate: warning: {note}", file=sys.stderr)
     with torch.no_grad():

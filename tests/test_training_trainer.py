@@ -189,6 +189,14 @@ def test_every_loader_trains_and_its_loss_falls(tmp_path, kind):
     assert bool((out["boundary"] >= 0).all())
     assert "train" in summary.metrics and 0 <= summary.metrics["train"]["p_miou"] <= 100
     assert (summary.out / "figures" / "step000006_train.png").is_file()
+    # The checkpoint says what it was trained on; the sizes come from the file headers where the format allows.
+    record = torch.load(summary.checkpoint, weights_only=True)["training_data"]
+    sizes = [list(d[i].image.shape[1:]) for _, d in trainer.splits.items() for i in range(len(d))]
+    low, high = [min(s[k] for s in sizes) for k in (0, 1)], [max(s[k] for s in sizes) for k in (0, 1)]
+    assert record["image_size"] == {"min": low, "max": high}
+    assert record["data"] == data and record["data_root"] == config.data_root
+    assert record["num_labels"] == L and record["class_names"] == list(trainer.splits.class_names)
+    assert record["splits"] == {s: {"count": len(d), "names": d.names} for s, d in trainer.splits.items()}
 
 
 def test_step_indices_cover_each_epoch_and_shard_for_ddp():

@@ -41,6 +41,7 @@ from .figures import save_split_figures
 from .networks import build_boundary_net, build_segmentation_net
 from .progress import progress_bar
 from .propagate import propagate_scribbles
+from .provenance import RECORD_KEY, training_data_record
 from .report import METRICS, MetricsLog, RunSummary
 from .splits import Splits, build_splits
 
@@ -128,6 +129,8 @@ class Trainer:
         self.splits: Splits = build_splits(config.data, config.data_root, config.data_options)
         if config.protocol == "dense" and not self.splits.train.has_masks:
             raise ValueError(f"protocol='dense' needs dense masks, and the {config.data} training split has none")
+        # What the checkpoints say they were trained on (provenance.py).
+        self.data_record = training_data_record(self.config, self.splits)
         torch.manual_seed(config.seed)
         L, C = self.splits.num_labels, self.splits.in_channels
         volume_net = config.volume_net if self.splits.volumetric else None
@@ -297,6 +300,7 @@ class Trainer:
                         "volumes": self.splits.volumetric,
                     },
                     "train_window": window,
+                    RECORD_KEY: self.data_record,
                 },
             )
         return path
