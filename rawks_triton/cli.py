@@ -30,6 +30,9 @@ from .training import provenance
 from .training.config import TrainConfig, command_line_fields
 from .training.data.registry import DATASETS, parse_option_pairs
 from .training.networks import HAND_MADE_GAIN, HAND_MADE_THRESHOLD
+from .training.threads import resolve_threads, torch_threads
+
+THREADS_HELP = "torch CPU threads (default: 1, as for rawks train; see docs/training.md, Threads)"
 
 
 def _add_data_arguments(parser, data_help: str, root_help: str) -> None:
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     same = "(default: the checkpoint's)"
     _add_data_arguments(ev, f"evaluate on this data set {same}", f"the folder that holds --data {same}")
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--threads", type=int)
+    ev.add_argument("--threads", type=int, help=THREADS_HELP)
     ev.add_argument("--figures", type=int, default=0, help="write a figure of this many images per split")
     ev.add_argument("--propagation-scale", type=float, help=f"propagate at this fraction of the resolution {same}")
     ev.add_argument(
@@ -131,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     prop.add_argument(
         "--alpha", type=float, default=None, help="confidence w = exp(-alpha H(P)) (default: the checkpoint's, else 2)"
     )
+    prop.add_argument("--threads", type=int, help=THREADS_HELP)
     prop.add_argument("--out", required=True, help="output prefix: PREFIX_labels.png, PREFIX_probabilities.npy, ...")
 
     demo = sub.add_parser("demo", help="train on the synthetic set for a few minutes and show the results")
@@ -181,8 +185,6 @@ def cmd_eval(args) -> int:
     from .training.figures import save_split_figures
     from .training.splits import build_splits
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     payload = load_checkpoint(args.checkpoint)
     config, q_net, b_net, meta = networks_from_checkpoint(payload, args.device, source=args.checkpoint)
     print(f"checkpoint {args.checkpoint}: {provenance.describe(payload)}")
@@ -212,7 +214,9 @@ def cmd_eval(args) -> int:
     if meta.get("volumes", False) and config.volume_net == "3d" and not splits.volumetric:
         raise UsageError(f"the checkpoint's networks are 3D (volume_net '3d') and --data {data} holds images")
     settings, alpha, name = config.propagation, config.alpha, Path(args.checkpoint).parent.name
-    results = evaluate_splits(splits, q_net, b_net, settings, alpha, args.device, not args.no_progress)
+    threads = resolve_threads(args.threads, args.device)
+    with torch_threads(threads):
+        results = evaluate_splits(splits, q_net, b_net, settings, alpha, args.device, not args.no_progress)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -225,17 +229,18 @@ def cmd_eval(args) -> int:
     }
     (out / "eval.json").write_text(json.dumps(record, indent=2))
     if args.figures:
-        written = save_split_figures(
-            splits,
-            args.figures,
-            q_net,
-            b_net,
-            settings,
-            alpha,
-            args.device,
-            path=lambda split: out / f"eval_{split}.png",
-            title=lambda split: f"{name}: {split} split",
-        )
+        with torch_threads(threads):
+            written = save_split_figures(
+                splits,
+                args.figures,
+                q_net,
+                b_net,
+                settings,
+                alpha,
+                args.device,
+                path=lambda split: out / f"eval_{split}.png",
+                title=lambda split: f"{name}: {split} split",
+            )
         for path in written:
             print(f"wrote {path}")
     print(format_table({name: results}))
@@ -296,12 +301,13 @@ def cmd_propagate(args) -> int:
         notes += provenance.label_space_notes(payload, args.checkpoint, present, num_labels, tuple(raw.shape))
     for note in notes:
         print(f"rawks propagate: warning: {note}", file=sys.stderr)
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads(resolve_threads(args.threads)):
         boundary = b_net(image[None]) if b_net is not None else hand_made_boundary(image, args.gain)
         start = time.perf_counter()
         P, reachable, result = propagate_scribbles(boundary, scribbles[None], num_labels, settings)
         seconds = time.perf_counter() - start
         confidence = loss_weights(P, alpha)[0]
+        q_labels = None if q_net is None else q_net(image[None])[0].argmax(0).numpy().astype(np.uint8)
     labels = P[0].argmax(0).numpy().astype(np.uint8)
     prefix = Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -310,9 +316,7 @@ def cmd_propagate(args) -> int:
     np.save(f"{prefix}_probabilities.npy", P[0].numpy().astype(np.float32))
     Image.fromarray((confidence.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(f"{prefix}_confidence.png")
     written += [f"{prefix}_labels.png", f"{prefix}_probabilities.npy", f"{prefix}_confidence.png"]
-    if q_net is not None:
-        with torch.no_grad():
-            q_labels = q_net(image[None])[0].argmax(0).numpy().astype(np.uint8)
+    if q_labels is not None:
         written.append(str(save_label_png(f"{prefix}_q_labels.png", q_labels)))
     print(
         f"propagated {int((scribbles >= 0).sum())} scribbled pixels to {labels.size} pixels in {seconds:.2f} s "

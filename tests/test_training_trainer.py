@@ -497,3 +497,25 @@ def test_a_run_writes_no_progress_bar_to_a_log(tmp_path, monkeypatch, capfd):
     config.data_options = {"train_count": 2, "val_count": 1, "height": 24, "width": 24}
     train(config)
     assert "\r" not in log.getvalue() and "\r" not in capfd.readouterr().err
+
+
+# ---- threads: one on the CPU by default, restored after the run ---------------------------------
+
+
+def test_training_runs_on_one_cpu_thread_by_default_and_restores_the_count(tmp_path, monkeypatch):
+    from rawks_triton.training.threads import DEFAULT_CPU_THREADS, resolve_threads
+
+    assert DEFAULT_CPU_THREADS == 1 and resolve_threads(None, "cpu") == 1 and resolve_threads(3, "cpu") == 3
+    assert resolve_threads(None, "cuda") is None  # a GPU run keeps torch's choice
+    seen = []
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, s: seen.append(torch.get_num_threads()) or step(self, s))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(tiny(tmp_path, "default", steps=2, eval_every=2, figures=0))
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        train(tiny(tmp_path, "two", steps=2, eval_every=2, figures=0, threads=2))
+        assert seen[2:] == [2, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
