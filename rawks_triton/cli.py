@@ -25,6 +25,7 @@ import torch
 
 from . import __version__
 from .cli_scribbles import DENSE_SCRIBBLES, MAX_LABELS, UsageError, parse_value_map, scribbles_from_values
+from .demo import DEMO_STEPS
 from .options import MODELS
 from .training import provenance
 from .training.config import TrainConfig, command_line_fields
@@ -137,10 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     prop.add_argument("--threads", type=int, help=THREADS_HELP)
     prop.add_argument("--out", required=True, help="output prefix: PREFIX_labels.png, PREFIX_probabilities.npy, ...")
 
-    demo = sub.add_parser("demo", help="train on the synthetic set for a few minutes and show the results")
+    demo = sub.add_parser("demo", help="train on the synthetic set for about 3 minutes on a CPU and show the results")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--steps", type=int, default=400)
-    demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"steps per protocol (default {DEMO_STEPS})")
+    demo.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    demo.add_argument(
+        "--jobs",
+        type=int,
+        choices=(1, 2),
+        help="1: the two runs one after the other; 2: side by side in two processes "
+        "(default: 2 where the process may use 2 CPUs or more)",
+    )
     demo.add_argument("--train-count", type=int, default=64, help="training scenes (default 64)")
     demo.add_argument("--val-count", type=int, default=32, help="held-out scenes (default 32)")
     demo.add_argument("--no-progress", action="store_true")
@@ -332,7 +340,7 @@ def cmd_propagate(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import train_demo
 
-    train_demo(args.out, args.steps, args.threads, args.train_count, args.val_count, progress=not args.no_progress)
+    train_demo(args.out, args.steps, args.threads, args.train_count, args.val_count, not args.no_progress, args.jobs)
     return 0
 
 
