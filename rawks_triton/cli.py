@@ -25,10 +25,15 @@ import torch
 
 from . import __version__
 from .cli_scribbles import DENSE_SCRIBBLES, MAX_LABELS, UsageError, parse_value_map, scribbles_from_values
+from .demo import DEMO_STEPS
 from .options import MODELS
+from .training import provenance
 from .training.config import TrainConfig, command_line_fields
 from .training.data.registry import DATASETS, parse_option_pairs
 from .training.networks import HAND_MADE_GAIN, HAND_MADE_THRESHOLD
+from .training.threads import resolve_threads, torch_threads
+
+THREADS_HELP = "torch CPU threads (default: 1, as for rawks train; see docs/training.md, Threads)"
 
 
 def _add_data_arguments(parser, data_help: str, root_help: str) -> None:
@@ -67,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     same = "(default: the checkpoint's)"
     _add_data_arguments(ev, f"evaluate on this data set {same}", f"the folder that holds --data {same}")
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--threads", type=int)
+    ev.add_argument("--threads", type=int, help=THREADS_HELP)
     ev.add_argument("--figures", type=int, default=0, help="write a figure of this many images per split")
     ev.add_argument("--propagation-scale", type=float, help=f"propagate at this fraction of the resolution {same}")
     ev.add_argument(
@@ -130,12 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     prop.add_argument(
         "--alpha", type=float, default=None, help="confidence w = exp(-alpha H(P)) (default: the checkpoint's, else 2)"
     )
+    prop.add_argument("--threads", type=int, help=THREADS_HELP)
     prop.add_argument("--out", required=True, help="output prefix: PREFIX_labels.png, PREFIX_probabilities.npy, ...")
 
-    demo = sub.add_parser("demo", help="train on the synthetic set for a few minutes and show the results")
+    demo = sub.add_parser("demo", help="train on the synthetic set for about 3 minutes on a CPU and show the results")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--steps", type=int, default=400)
-    demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"steps per protocol (default {DEMO_STEPS})")
+    demo.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    demo.add_argument(
+        "--jobs",
+        type=int,
+        choices=(1, 2),
+        help="1: the two runs one after the other; 2: side by side in two processes "
+        "(default: 2 where the process may use 2 CPUs or more)",
+    )
     demo.add_argument("--train-count", type=int, default=64, help="training scenes (default 64)")
     demo.add_argument("--val-count", type=int, default=32, help="held-out scenes (default 32)")
     demo.add_argument("--no-progress", action="store_true")
@@ -180,10 +193,9 @@ def cmd_eval(args) -> int:
     from .training.figures import save_split_figures
     from .training.splits import build_splits
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     payload = load_checkpoint(args.checkpoint)
     config, q_net, b_net, meta = networks_from_checkpoint(payload, args.device, source=args.checkpoint)
+    print(f"checkpoint {args.checkpoint}: {provenance.describe(payload)}")
     if args.propagation_scale is not None:
         config = replace(config, propagation_scale=args.propagation_scale).validate()
     if args.volume_propagation is not None:
@@ -195,6 +207,11 @@ def cmd_eval(args) -> int:
     given = parse_option_pairs(args.data_option) if args.data_option else {}
     options = given if args.data else {**config.data_options, **given}
     splits = build_splits(data, root, options)
+    if (data, root, options) != (config.data, config.data_root, config.data_options):
+        given = f"--data {data}" + (f" from {root}" if root else "") + (f", options {options}" if options else "")
+        print(f"evaluating on {given}, not on the checkpoint's training data")
+    for note in provenance.trained_on_notes(payload, data, splits):
+        print(f"rawks eval: warning: {note}", file=sys.stderr)
     if splits.num_labels != meta["num_labels"] or splits.in_channels != meta["in_channels"]:
         raise UsageError(
             f"the checkpoint has {meta['num_labels']} labels and {meta['in_channels']} input channels, "
@@ -208,7 +225,9 @@ def cmd_eval(args) -> int:
     if meta.get("volumes", False) and config.volume_net == "3d" and not splits.volumetric:
         raise UsageError(f"the checkpoint's networks are 3D (volume_net '3d') and --data {data} holds images")
     settings, alpha, name = config.propagation, config.alpha, Path(args.checkpoint).parent.name
-    results = evaluate_splits(splits, q_net, b_net, settings, alpha, args.device, not args.no_progress)
+    threads = resolve_threads(args.threads, args.device)
+    with torch_threads(threads):
+        results = evaluate_splits(splits, q_net, b_net, settings, alpha, args.device, not args.no_progress)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -221,17 +240,18 @@ def cmd_eval(args) -> int:
     }
     (out / "eval.json").write_text(json.dumps(record, indent=2))
     if args.figures:
-        written = save_split_figures(
-            splits,
-            args.figures,
-            q_net,
-            b_net,
-            settings,
-            alpha,
-            args.device,
-            path=lambda split: out / f"eval_{split}.png",
-            title=lambda split: f"{name}: {split} split",
-        )
+        with torch_threads(threads):
+            written = save_split_figures(
+                splits,
+                args.figures,
+                q_net,
+                b_net,
+                settings,
+                alpha,
+                args.device,
+                path=lambda split: out / f"eval_{split}.png",
+                title=lambda split: f"{name}: {split} split",
+            )
         for path in written:
             print(f"wrote {path}")
     print(format_table({name: results}))
@@ -251,7 +271,7 @@ def cmd_propagate(args) -> int:
     from .training.networks import hand_made_boundary
     from .training.propagate import PropagationSettings, propagate_scribbles
 
-    q_net = b_net = None
+    q_net = b_net = payload = None
     channels, alpha = 3, 2.0
     settings = PropagationSettings(model=args.model, backend=args.backend)
     num_labels, labels_from = args.num_labels, f"--num-labels {args.num_labels}"
@@ -261,12 +281,18 @@ def cmd_propagate(args) -> int:
     if args.checkpoint:
         from .training import load_checkpoint, networks_from_checkpoint
 
-        config, q_net, b_net, meta = networks_from_checkpoint(load_checkpoint(args.checkpoint), source=args.checkpoint)
+        payload = load_checkpoint(args.checkpoint)
+        config, q_net, b_net, meta = networks_from_checkpoint(payload, source=args.checkpoint)
         if b_net is None:
             raise UsageError(f"checkpoint {args.checkpoint} has no boundary network (protocol {config.protocol!r})")
+        print(f"checkpoint {args.checkpoint}: {provenance.describe(payload)}")
         channels, alpha, settings = meta["in_channels"], config.alpha, config.propagation
         if num_labels is None:
-            num_labels, labels_from = meta["num_labels"], f"from the checkpoint {args.checkpoint}"
+            num_labels = meta["num_labels"]
+            labels_from = (
+                f"checkpoint {args.checkpoint}: {provenance.label_space(payload)}; --num-labels N propagates N labels "
+                "with its boundaries"
+            )
     if args.alpha is not None:
         alpha = args.alpha
     for path in (args.image, args.scribbles):
@@ -281,14 +307,18 @@ def cmd_propagate(args) -> int:
     scribbles, num_labels, notes = scribbles_from_values(
         raw, args.scribbles, args.unlabelled, value_map, num_labels, labels_from, args.allow_dense
     )
+    if payload is not None:
+        present = sorted(int(v) for v in scribbles.unique() if v >= 0)
+        notes += provenance.label_space_notes(payload, args.checkpoint, present, num_labels, tuple(raw.shape))
     for note in notes:
         print(f"rawks propagate: warning: {note}", file=sys.stderr)
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads(resolve_threads(args.threads)):
         boundary = b_net(image[None]) if b_net is not None else hand_made_boundary(image, args.gain)
         start = time.perf_counter()
         P, reachable, result = propagate_scribbles(boundary, scribbles[None], num_labels, settings, image[None])
         seconds = time.perf_counter() - start
         confidence = loss_weights(P, alpha)[0]
+        q_labels = None if q_net is None else q_net(image[None])[0].argmax(0).numpy().astype(np.uint8)
     labels = P[0].argmax(0).numpy().astype(np.uint8)
     prefix = Path(args.out)
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -297,9 +327,7 @@ def cmd_propagate(args) -> int:
     np.save(f"{prefix}_probabilities.npy", P[0].numpy().astype(np.float32))
     Image.fromarray((confidence.clamp(0, 1).numpy() * 255).round().astype(np.uint8)).save(f"{prefix}_confidence.png")
     written += [f"{prefix}_labels.png", f"{prefix}_probabilities.npy", f"{prefix}_confidence.png"]
-    if q_net is not None:
-        with torch.no_grad():
-            q_labels = q_net(image[None])[0].argmax(0).numpy().astype(np.uint8)
+    if q_labels is not None:
         written.append(str(save_label_png(f"{prefix}_q_labels.png", q_labels)))
     print(
         f"propagated {int((scribbles >= 0).sum())} scribbled pixels to {labels.size} pixels in {seconds:.2f} s "
@@ -315,7 +343,7 @@ def cmd_propagate(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import train_demo
 
-    train_demo(args.out, args.steps, args.threads, args.train_count, args.val_count, progress=not args.no_progress)
+    train_demo(args.out, args.steps, args.threads, args.train_count, args.val_count, not args.no_progress, args.jobs)
     return 0
 
 

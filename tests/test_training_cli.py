@@ -135,15 +135,28 @@ def test_clear_errors_for_missing_or_malformed_data(tmp_path, capsys):
 
 
 def test_demo_runs_and_says_where_the_results_are(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert (
-        main(["demo", "--steps", "2", "--train-count", "4", "--val-count", "2", "--out", str(out), "--no-progress"])
-        == 0
-    )
-    printed = capsys.readouterr().out
-    table = (out / "results.md").read_text()
-    assert "| joint (RAWKS) |" in table and "| sparse-loss baseline |" in table
-    assert str(out / "results.md") in printed and (out / "joint" / "figures").is_dir()
+    tables = {}
+    for jobs in ("1", "2"):  # one after the other, or side by side in two processes: the same results
+        out = tmp_path / f"demo{jobs}"
+        flags = ["--steps", "2", "--train-count", "4", "--val-count", "2", "--jobs", jobs]
+        assert main(["demo", *flags, "--out", str(out), "--no-progress"]) == 0
+        printed = capsys.readouterr().out
+        table = (out / "results.md").read_text()
+        assert "| joint (RAWKS) |" in table and "| sparse-loss baseline |" in table
+        assert str(out / "results.md") in printed and "on 1 CPU thread" in printed
+        assert f"figures: {out / 'joint' / 'figures'} (image, scribbles, the learned boundaries B" in printed
+        assert (out / "joint" / "figures" / "step000002_val.png").is_file()
+        tables[jobs] = table.split("Total time")[0]
+    assert tables["1"] == tables["2"]
+    # The joint run's figure rows carry the learned boundaries (the column beside the image and scribbles).
+    from rawks_triton.training import load_checkpoint, networks_from_checkpoint
+    from rawks_triton.training.figures import figure_rows
+    from rawks_triton.training.splits import build_splits
+
+    config, q_net, b_net, _ = networks_from_checkpoint(load_checkpoint(tmp_path / "demo1" / "joint" / "checkpoint.pt"))
+    splits = build_splits(config.data, None, config.data_options)
+    (row,) = figure_rows(splits.val, 1, q_net, b_net, config.propagation, config.alpha)
+    assert row["boundary"].shape == row["image"].shape[1:] and row["P"] is not None
 
 
 # ---- a file that is not a checkpoint: one line, exit 2 ------------------------------------------

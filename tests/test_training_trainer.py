@@ -189,6 +189,14 @@ def test_every_loader_trains_and_its_loss_falls(tmp_path, kind):
     assert bool((out["boundary"] >= 0).all())
     assert "train" in summary.metrics and 0 <= summary.metrics["train"]["p_miou"] <= 100
     assert (summary.out / "figures" / "step000006_train.png").is_file()
+    # The checkpoint says what it was trained on; the sizes come from the file headers where the format allows.
+    record = torch.load(summary.checkpoint, weights_only=True)["training_data"]
+    sizes = [list(d[i].image.shape[1:]) for _, d in trainer.splits.items() for i in range(len(d))]
+    low, high = [min(s[k] for s in sizes) for k in (0, 1)], [max(s[k] for s in sizes) for k in (0, 1)]
+    assert record["image_size"] == {"min": low, "max": high}
+    assert record["data"] == data and record["data_root"] == config.data_root
+    assert record["num_labels"] == L and record["class_names"] == list(trainer.splits.class_names)
+    assert record["splits"] == {s: {"count": len(d), "names": d.names} for s, d in trainer.splits.items()}
 
 
 def test_step_indices_cover_each_epoch_and_shard_for_ddp():
@@ -505,3 +513,25 @@ def test_scribble_weight_adds_the_sparse_cross_entropy_of_q(tmp_path):
         total, joint, ce = (float(t.loss(batch, t.config.phase(0))) for t in (with_ce, plain, sparse))
     assert ce > 0
     assert total == pytest.approx(joint + 0.5 * ce, rel=1e-5)
+
+
+# ---- threads: one on the CPU by default, restored after the run ---------------------------------
+
+
+def test_training_runs_on_one_cpu_thread_by_default_and_restores_the_count(tmp_path, monkeypatch):
+    from rawks_triton.training.threads import DEFAULT_CPU_THREADS, resolve_threads
+
+    assert DEFAULT_CPU_THREADS == 1 and resolve_threads(None, "cpu") == 1 and resolve_threads(3, "cpu") == 3
+    assert resolve_threads(None, "cuda") is None  # a GPU run keeps torch's choice
+    seen = []
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, s: seen.append(torch.get_num_threads()) or step(self, s))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(tiny(tmp_path, "default", steps=2, eval_every=2, figures=0))
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        train(tiny(tmp_path, "two", steps=2, eval_every=2, figures=0, threads=2))
+        assert seen[2:] == [2, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -67,8 +67,10 @@ def test_loader_reads_whole_volumes_and_splits_by_patient(tmp_path):
 
 def test_loader_downsamples_in_plane_and_keeps_thin_strokes(tmp_path):
     root = make_volumes(tmp_path / "vol")
-    s = build_splits("acdc-volumes", str(root), {"downsample": "2"}).train[0]
+    train = build_splits("acdc-volumes", str(root), {"downsample": "2"}).train
+    s = train[0]
     assert s.image.shape == (1, 3, 6, 5) and s.scribbles.shape == s.mask.shape == (3, 6, 5)
+    assert train.image_size(0) == (3, 6, 5)  # from the file's header, as the checkpoint records it
     assert int(s.scribbles[0, 2, 2]) == 3 and bool((s.scribbles[1, 0] == 0).all())
     assert int(s.mask[1, 2, 2]) == 3 and int(s.mask[1, 0, 0]) == 0
     full = ACDCVolumeDataset(root)[0]
@@ -203,6 +205,10 @@ def test_training_steps_on_volumes_end_to_end(tmp_path, volume_net):
         assert (out / "figures" / f"step000002_{split}.png").is_file()
     payload = load_checkpoint(out / "checkpoint.pt")
     assert payload["meta"]["volumes"] is True and payload["config"]["volume_net"] == volume_net
+    record = payload["training_data"]
+    assert record["volumes"] is True and record["image_size"] == {"min": [3, 12, 10], "max": [3, 12, 10]}
+    assert record["data"] == "acdc-volumes" and record["data_root_name"] == "vol" and record["in_channels"] == 1
+    assert record["splits"]["val"] == {"count": 1, "names": ["patient005_frame01"]}
     _, q_net, b_net, _ = networks_from_checkpoint(payload)
     assert q_net(torch.rand(1, 1, 3, 12, 10)).shape == (1, 4, 3, 12, 10)
     assert b_net(torch.rand(1, 1, 3, 12, 10)).shape == (1, 1, 3, 12, 10)

@@ -3,7 +3,8 @@
 A checkpoint is a dict with the keys ``config`` (the TrainConfig as a dict), ``step``,
 ``q``, ``b`` (state dicts; ``b`` None without a boundary network), ``q_opt``, ``b_opt``,
 ``meta`` (num_labels, in_channels, class_names, world_size, volumes: trained on volumes) and, optionally,
-``train_window`` (the running sums of the unfinished logging window).
+``train_window`` (the running sums of the unfinished logging window) and ``training_data`` (what the
+run was trained on, :mod:`.provenance`; checkpoints written before it existed lack it and load as before).
 
 Checkpoints hold only tensors, dicts, lists, strings and numbers, and are read with
 ``torch.load(..., weights_only=True)``: a file from someone else cannot run code. A file
@@ -22,6 +23,7 @@ import torch
 
 from .config import TrainConfig
 from .networks import build_boundary_net, build_segmentation_net
+from .provenance import RECORD_KEY, check_record
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -105,7 +107,7 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 
 EXPECTED = "expected a checkpoint written by `rawks train`"
-# What Trainer.checkpoint writes; "train_window" is optional (older checkpoints lack it).
+# What Trainer.checkpoint writes; "train_window" and "training_data" are optional (older checkpoints lack them).
 CHECKPOINT_KEYS = ("config", "step", "q", "b", "q_opt", "b_opt", "meta")
 
 
@@ -177,6 +179,12 @@ def check_checkpoint(payload, path) -> TrainConfig:
         )
         if not ok:
             raise bad(f"'train_window' must hold loss_sum, steps and seconds, got {window!r}")
+    record = payload.get(RECORD_KEY)
+    problem = None if record is None else check_record(record)
+    if problem is None and record is not None and record["num_labels"] != meta["num_labels"]:
+        problem = f"it has {record['num_labels']} labels and 'meta' {meta['num_labels']}"
+    if problem is not None:
+        raise bad(f"its {RECORD_KEY!r} record is malformed: {problem}")
     return config
 
 

@@ -82,7 +82,11 @@ class TrainConfig:
     log_every: int = _flag(10, "steps between training rows of metrics.csv")
     figures: int = _flag(4, "images per figure, 0 for none")
     device: str = _flag("cpu", "cpu, cuda, cuda:1, ...")
-    threads: int | None = _flag(None, "torch CPU threads", "torch's choice")
+    threads: int | None = _flag(
+        None,
+        "torch CPU threads while training and evaluating",
+        "1 on the CPU, where more threads make the small ops of a step wait on a busy machine; torch's choice on a GPU",
+    )
     out: str = _flag("runs/train", "run folder")
     progress: bool = True  # --no-progress; bars are shown only when stderr is a terminal
 

@@ -41,8 +41,10 @@ from .figures import save_split_figures
 from .networks import build_boundary_net, build_segmentation_net
 from .progress import progress_bar
 from .propagate import propagate_scribbles
+from .provenance import RECORD_KEY, training_data_record
 from .report import METRICS, MetricsLog, RunSummary
 from .splits import Splits, build_splits
+from .threads import resolve_threads, torch_threads
 
 
 class ListApply(nn.Module):
@@ -126,14 +128,16 @@ class Trainer:
         self.config = config.validate()
         self.out = out
         self.device = torch.device(config.device)
-        if config.threads is not None:
-            torch.set_num_threads(config.threads)
+        # Set while run() trains and evaluates, and restored after (threads.py says why 1 on the CPU).
+        self.threads = resolve_threads(config.threads, config.device)
         if self.dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
         self.splits: Splits = build_splits(config.data, config.data_root, config.data_options)
         if config.protocol == "dense" and not self.splits.train.has_masks:
             raise ValueError(f"protocol='dense' needs dense masks, and the {config.data} training split has none")
+        # What the checkpoints say they were trained on (provenance.py).
+        self.data_record = training_data_record(self.config, self.splits)
         torch.manual_seed(config.seed)
         L, C = self.splits.num_labels, self.splits.in_channels
         volume_net = config.volume_net if self.splits.volumetric else None
@@ -304,6 +308,7 @@ class Trainer:
                         "volumes": self.splits.volumetric,
                     },
                     "train_window": window,
+                    RECORD_KEY: self.data_record,
                 },
             )
         return path
@@ -317,6 +322,10 @@ class Trainer:
         The running sums of that window (loss, steps, seconds) go into every checkpoint, so
         that a resumed run writes the same rows as an uninterrupted one.
         """
+        with torch_threads(self.threads):
+            return self._run(stop_after)
+
+    def _run(self, stop_after: int | None) -> RunSummary:
         cfg, main = self.config, self.dist.is_main
         end = cfg.steps if stop_after is None else min(cfg.steps, self.start_step + stop_after)
         # Seconds of the current window before window_start: the time spent in it before a resume.

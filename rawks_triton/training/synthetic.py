@@ -216,6 +216,9 @@ class SyntheticDataset(ScribbleDataset):
     def describe(self) -> str:
         return f"synthetic set (seed {self.seed})"
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        return (self.height, self.width)
+
     def load(self, index: int) -> Sample:
         name = self.names[index]
         try:

@@ -32,6 +32,9 @@ class ACDCDataset(ScribbleDataset):
     def describe(self) -> str:
         return f"ACDC at {self.root}: <name>.h5"
 
+    def image_size(self, index: int) -> tuple[int, ...]:
+        return read_shape(self.root / f"{self.names[index]}.h5")
+
     def load(self, index: int) -> Sample:
         name = self.names[index]
         image, scribble, label = read_file(self.root / f"{name}.h5", 2, self.UNLABELLED_VALUE)
@@ -53,15 +56,28 @@ def find_files(root: Path, names, patients, what: str, items: str) -> list[str]:
     return found
 
 
-def read_file(path: Path, ndim: int, unlabelled_value: int):
-    """(image, scribble, label) numpy arrays of one ACDC file of ``ndim`` dimensions (2: a
-    slice, 3: a volume), checked; scribbles with ``UNLABELLED`` for unlabelled pixels."""
+def _h5py():
     try:
         import h5py
     except ImportError as err:  # pragma: no cover - h5py is in the [train] extra
         raise ImportError("reading ACDC needs h5py: pip install 'rawks-triton[train]'") from err
+    return h5py
+
+
+def read_shape(path: Path) -> tuple[int, ...]:
+    """The shape of the image of one ACDC file, from its header (nothing else is read)."""
+    try:
+        with _h5py().File(path, "r") as f:
+            return tuple(int(n) for n in f["image"].shape)
+    except (OSError, KeyError) as err:
+        raise DataFolderError(f"cannot read the image of ACDC file {path}: {err}") from err
+
+
+def read_file(path: Path, ndim: int, unlabelled_value: int):
+    """(image, scribble, label) numpy arrays of one ACDC file of ``ndim`` dimensions (2: a
+    slice, 3: a volume), checked; scribbles with ``UNLABELLED`` for unlabelled pixels."""
     what = "slice" if ndim == 2 else "volume"
-    with h5py.File(path, "r") as f:
+    with _h5py().File(path, "r") as f:
         for key in ("image", "label", "scribble"):
             if key not in f:
                 raise DataFolderError(f"ACDC {what} {path} has no dataset {key!r} (found {sorted(f.keys())})")

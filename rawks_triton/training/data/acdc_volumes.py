@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .acdc import find_files, read_file
+from .acdc import find_files, read_file, read_shape
 from .common import Sample, ScribbleDataset
 
 
@@ -42,6 +42,13 @@ class ACDCVolumeDataset(ScribbleDataset):
 
     def describe(self) -> str:
         return f"ACDC volumes at {self.root}: <name>.h5"
+
+    def image_size(self, index: int) -> tuple[int, ...]:
+        shape = read_shape(self.root / f"{self.names[index]}.h5")
+        if len(shape) != 3:
+            return super().image_size(index)  # load() says what is wrong with the file
+        (depth, height, width), k = shape, self.downsample
+        return (depth, max(1, height // k), max(1, width // k))
 
     def load(self, index: int) -> Sample:
         name = self.names[index]

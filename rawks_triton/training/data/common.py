@@ -163,6 +163,23 @@ class ScribbleDataset(torch.utils.data.Dataset):
     def load(self, index: int) -> Sample:
         raise NotImplementedError
 
+    def image_file(self, index: int) -> Path | None:
+        """The image file of sample ``index``, where the loader reads one (then its size comes from the header)."""
+        return None
+
+    def image_size(self, index: int) -> tuple[int, ...]:
+        """(H, W) of sample ``index`` ((D, H, W) for volumes), without loading it where the format allows."""
+        path = self.image_file(index)
+        if path is None:
+            return tuple(self[index].image.shape[1:])
+        from PIL import Image
+
+        try:
+            with Image.open(path) as img:
+                return (img.height, img.width)
+        except OSError as err:
+            raise DataFolderError(f"cannot read image {path}: {err}") from err
+
     def __len__(self) -> int:
         return len(self.names)
 

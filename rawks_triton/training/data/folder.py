@@ -76,9 +76,12 @@ class FolderDataset(ScribbleDataset):
     def describe(self) -> str:
         return f"folder dataset at {self.root}: images/, scribbles/*.png"
 
+    def image_file(self, index: int) -> Path:
+        return _find_image(self.image_dir, self.names[index])
+
     def load(self, index: int) -> Sample:
         name = self.names[index]
-        image = read_image(_find_image(self.image_dir, name), self.in_channels)
+        image = read_image(self.image_file(index), self.in_channels)
         path = _require_file(self.scribble_dir / f"{name}.png", f"scribbles of {name!r}")
         scribbles = read_label_png(path)
         _check_same_size(name, image, scribbles, "scribble map", path)

@@ -49,9 +49,12 @@ class GrabCutDataset(ScribbleDataset):
     def describe(self) -> str:
         return f"GrabCut at {self.root}: <scribble set>/<name>-anno.png"
 
+    def image_file(self, index: int) -> Path:
+        return _find_image(self.image_dir, self.names[index])
+
     def load(self, index: int) -> Sample:
         name = self.names[index]
-        image = read_image(_find_image(self.image_dir, name), 3)
+        image = read_image(self.image_file(index), 3)
         anno_path = self.scribble_dir / f"{name}-anno.png"
         anno = read_label_png(anno_path)
         _check_same_size(name, image, anno, "scribble map", anno_path)

@@ -181,9 +181,12 @@ class ScribbleSupDataset(ScribbleDataset):
     def describe(self) -> str:
         return f"ScribbleSup ({self.layout} layout) at {self.root}"
 
+    def image_file(self, index: int) -> Path:
+        return _find_image(self.image_dir, self.names[index])
+
     def load(self, index: int) -> Sample:
         name = self.names[index]
-        image = read_image(_find_image(self.image_dir, name), 3)
+        image = read_image(self.image_file(index), 3)
         height, width = image.shape[1:]
         for pattern in self.scribble_patterns:
             path = self.scribble_dir / pattern.format(name)
