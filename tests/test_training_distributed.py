@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rawks_triton.training import TrainConfig, Trainer
+from rawks_triton.training.threads import torch_threads
 
 TINY = {"train_count": 4, "val_count": 1, "height": 28, "width": 36}
 
@@ -39,8 +40,10 @@ def _free_port() -> int:
 
 
 def _grads(trainer):
-    """The gradients of one step's loss (averaged by DDP across processes when distributed)."""
-    trainer.loss(trainer.batch(0), "joint").backward()
+    """The gradients of one step's loss (averaged by DDP across processes when distributed), on the
+    trainer's thread count as its run would use (a thread count changes the solves' rounding)."""
+    with torch_threads(trainer.threads):
+        trainer.loss(trainer.batch(0), "joint").backward()
     grads = {f"q.{k}": p.grad.clone() for k, p in trainer.q_net.named_parameters()}
     grads.update({f"b.{k}": p.grad.clone() for k, p in trainer.b_net.named_parameters()})
     for p in list(trainer.q_net.parameters()) + list(trainer.b_net.parameters()):
