@@ -57,6 +57,29 @@ def assert_close(
         )
 
 
+def explicit_matrix(apply, num_systems: int, shape) -> torch.Tensor:
+    """[S, n, n] float64 matrix of a linear map of [S, *shape] vectors (``apply``), column by column."""
+    n = int(np.prod(shape))
+    columns = []
+    for i in range(n):
+        e = torch.zeros(num_systems, n, dtype=torch.float64)
+        e[:, i] = 1.0
+        columns.append(apply(e.view(num_systems, *shape)).reshape(num_systems, n))
+    return torch.stack(columns, dim=2)
+
+
+def assert_spd_on_active(matrices: torch.Tensor, active: torch.Tensor) -> None:
+    """[S, n, n] matrices symmetric, zero outside the ``active`` [S, n] unknowns and positive
+    definite on them (smallest eigenvalue above 1e-8 of the largest)."""
+    assert_close(matrices, matrices.transpose(1, 2), atol=1e-12 * float(matrices.abs().max()), name="M - M^T")
+    for s in range(matrices.shape[0]):
+        a = active[s]
+        assert torch.all(matrices[s][~a] == 0) and torch.all(matrices[s][:, ~a] == 0)
+        if a.any():
+            eigenvalues = torch.linalg.eigvalsh(matrices[s][a][:, a])
+            assert float(eigenvalues.min()) > 1e-8 * float(eigenvalues.max()), f"system {s}: {eigenvalues[:3]}"
+
+
 def random_seeds(rng: np.random.Generator, n: int, h: int, w: int, num_labels: int, density: float) -> torch.Tensor:
     labels = rng.integers(0, num_labels, size=(n, h, w))
     seeds = np.where(rng.random((n, h, w)) < density, labels, -1)

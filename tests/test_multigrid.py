@@ -17,7 +17,16 @@ from rawks_triton.coefficients import grady_edge_coefficients, grady_node_coeffi
 from rawks_triton.reference import assemble_matrix
 from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
 from rawks_triton.systems import build_stencil, compact_labels, right_hand_sides
-from rawks_triton.testing import SOLVE_RTOL, assert_close, compare_with_reference, problems, random_scores, random_seeds
+from rawks_triton.testing import (
+    SOLVE_RTOL,
+    assert_close,
+    assert_spd_on_active,
+    compare_with_reference,
+    explicit_matrix,
+    problems,
+    random_scores,
+    random_seeds,
+)
 
 SPD_SIZES = [(1, 1), (1, 17), (17, 1), (2, 2), (3, 1), (7, 13), (9, 10)]
 CYCLES = {
@@ -49,17 +58,6 @@ def interior(level, t):
     return grid.double().numpy()
 
 
-def explicit_preconditioner(M, num_systems, h, w):
-    """[S, n, n] matrix of the linear map r -> M r ([S, H, W] vectors), column by column."""
-    n = h * w
-    columns = []
-    for i in range(n):
-        e = torch.zeros(num_systems, n, dtype=torch.float64)
-        e[:, i] = 1.0
-        columns.append(M(e.view(num_systems, h, w)).reshape(num_systems, n))
-    return torch.stack(columns, dim=2)
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster and steady
 
 
@@ -75,15 +73,8 @@ def test_preconditioner_is_symmetric_positive_definite_on_free_pixels(rng, model
     assert S > 0
     options = CYCLES[cycle]
     M = TorchMultigrid(build_hierarchy(stencil, options), image_index, options)
-    Mm = explicit_preconditioner(M, S, h, w)
-    assert_close(Mm, Mm.transpose(1, 2), atol=1e-12 * float(Mm.abs().max()), name="M - M^T")
-    active = (stencil.inv_diag > 0).index_select(0, image_index).reshape(S, -1)
-    for s in range(S):
-        a = active[s]
-        assert torch.all(Mm[s][~a] == 0) and torch.all(Mm[s][:, ~a] == 0)
-        if a.any():
-            eigenvalues = torch.linalg.eigvalsh(Mm[s][a][:, a])
-            assert float(eigenvalues.min()) > 1e-8 * float(eigenvalues.max()), f"system {s}: {eigenvalues[:3]}"
+    Mm = explicit_matrix(M, S, (h, w))
+    assert_spd_on_active(Mm, (stencil.inv_diag > 0).index_select(0, image_index).reshape(S, -1))
 
 
 @pytest.mark.parametrize("cycle", list(CYCLES))

@@ -17,7 +17,7 @@ from rawks_triton.reference import assemble_matrix
 from rawks_triton.solve.choose import choose_solver
 from rawks_triton.solve.multigrid import MultigridOptions, build_hierarchy
 from rawks_triton.systems import build_stencil, compact_labels
-from rawks_triton.testing import SOLVE_RTOL, TOL, assert_close, random_scores
+from rawks_triton.testing import SOLVE_RTOL, TOL, assert_close, assert_spd_on_active, explicit_matrix, random_scores
 
 MODELS = ["rawks", "grady", "grady-edges"]
 CYCLES = {
@@ -188,16 +188,6 @@ def test_a_block_takes_the_anchor_component_through_a_long_path():
     assert np.array_equal(p, expected), p
 
 
-def explicit_preconditioner(M, num_systems, shape):
-    n = int(np.prod(shape))
-    columns = []
-    for i in range(n):
-        e = torch.zeros(num_systems, n, dtype=torch.float64)
-        e[:, i] = 1.0
-        columns.append(M(e.view(num_systems, *shape)).reshape(num_systems, n))
-    return torch.stack(columns, dim=2)
-
-
 SPD_SHAPES = [(1, 1, 1), (2, 2, 2), (3, 1, 5), (2, 3, 4), (4, 5, 3)]
 
 
@@ -212,15 +202,8 @@ def test_preconditioner_is_symmetric_positive_definite_on_free_voxels(rng, shape
     S = systems.num_systems
     options = CYCLES[cycle]
     M = TorchMultigrid(build_hierarchy(stencil, options), systems.image_index, options)
-    Mm = explicit_preconditioner(M, S, shape)
-    assert_close(Mm, Mm.transpose(1, 2), atol=1e-12 * float(Mm.abs().max()), name="M - M^T")
-    active = (stencil.inv_diag > 0).index_select(0, systems.image_index).reshape(S, -1)
-    for s in range(S):
-        a = active[s]
-        assert torch.all(Mm[s][~a] == 0) and torch.all(Mm[s][:, ~a] == 0)
-        if a.any():
-            eigenvalues = torch.linalg.eigvalsh(Mm[s][a][:, a])
-            assert float(eigenvalues.min()) > 1e-8 * float(eigenvalues.max()), f"system {s}: {eigenvalues[:3]}"
+    Mm = explicit_matrix(M, S, shape)
+    assert_spd_on_active(Mm, (stencil.inv_diag > 0).index_select(0, systems.image_index).reshape(S, -1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])

@@ -47,7 +47,9 @@ class TrainConfig:
     alpha: float = _flag(DEFAULT_ALPHA, "loss weights w = exp(-alpha H(P))")
     reach_weight: float = _flag(0.0, "weight of the survival term -log sum_l Z_l; 0: eq. 11 alone")
     scribble_weight: float = _flag(
-        1.0, "weight of Q's cross-entropy on the scribbled pixels, added to the joint loss; 0: eq. 11 alone"
+        1.0,
+        "weight of Q's cross-entropy on the scribbled pixels, added to Q's loss on P (joint and q-only phases); "
+        "0: eq. 11 alone",
     )
     arch: str = _flag("small", f"the networks: {', '.join(ARCHS)}; the ResNets need torchvision")
     q_width: int = _flag(32, "channels of the small Q network")
