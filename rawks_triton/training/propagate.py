@@ -69,12 +69,12 @@ def _with_walker(scores: torch.Tensor, image: torch.Tensor | None, settings: Pro
         raise ValueError("`image` is needed with settings.walker_beta: the walker's conductances are computed from it")
     if settings.model != "grady":
         raise ValueError(f"walker_beta needs model 'grady' (its conductances are edges), got {settings.model!r}")
-    # Shifting the scores by their detached minimum leaves P unchanged (a common factor of the
-    # conductances) and keeps the factor <= 1 where B is smallest.
     # The walker's conductances span about ten orders of magnitude (exp(-beta' dI^2) + 1e-10),
     # beyond what a float32 solve resolves (docs/numerics.md, "Grady contrast"): these
     # systems are solved in float64, and P is returned in the scores' dtype.
     scores = scores.double()
+    # Shifting the scores by their detached minimum leaves P unchanged (a common factor of the
+    # conductances) and keeps the factor <= 1 where B is smallest.
     shifted = scores[:, 0] - scores.detach().flatten(1).amin(dim=1).view(-1, 1, 1)
     _, right, down = grady_node_coefficients(shifted, 2)
     walker = walker_conductances(image.double(), settings.walker_beta, tuple(scores.shape[-2:]))
